@@ -1,0 +1,1 @@
+"""Pieces shared by every component: errors, money, SSE, signing, networking helpers."""
