@@ -56,3 +56,15 @@ if [ ! -d node/node_modules ] || ! fresh npm node/package.json node/package-lock
   stamp npm node/package.json node/package-lock.json
 fi
 done_ "anvil $(node/node_modules/.bin/anvil --version 2>/dev/null | head -1 | cut -d' ' -f2-3)"
+
+step "docker-compose (validates deploy/docker-compose.yml; no Docker engine is needed)"
+if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null 2>&1; } \
+      || echo "    (could not install docker-compose; the compose validation test will be skipped)"
+  else
+    echo "    (docker-compose not found and cannot be installed here; the compose validation test will be skipped)"
+  fi
+fi
+command -v docker-compose >/dev/null 2>&1 && done_ "$(docker-compose version --short 2>/dev/null)" || true
