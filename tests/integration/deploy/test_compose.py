@@ -1,0 +1,212 @@
+"""The production deployment in deploy/: the compose file validates, and its pieces fit together.
+
+``docker compose config`` (or Debian's ``docker-compose`` 1.29) parses and interpolates
+the file without a Docker engine. The rest checks the structure an operator relies on
+(services, health checks, volumes, the config mount), that the environment overrides
+it sets are settings the broker and the service really accept, that the image is
+built with the README's install script, and that the dashboard only charts metrics
+the broker exports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy"
+COMPOSE = DEPLOY / "docker-compose.yml"
+CONFIG_MOUNT = "/etc/zgserve/config.yaml"
+LLAMA_FLAGS = (
+    'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
+    '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"'
+)
+
+
+def _compose_command() -> list[str] | None:
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30, check=False)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    return [legacy] if legacy is not None else None
+
+
+@pytest.fixture(scope="module")
+def compose_cmd() -> list[str]:
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip(
+            "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)"
+        )
+    return cmd
+
+
+def _config(cmd: list[str], tmp_path: Path, *profiles: str) -> dict[str, Any]:
+    """``compose config`` output, with the example config standing in for config.local.yaml."""
+    config = tmp_path / "config.local.yaml"
+    shutil.copy(ROOT / "config.example.yaml", config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZG_", "POSTGRES_", "GRAFANA_"))}
+    env["ZG_CONFIG"] = str(config)
+    args = [*cmd, "-f", str(COMPOSE)]
+    for profile in profiles:
+        args += ["--profile", profile]
+    done = subprocess.run([*args, "config"], capture_output=True, text=True, env=env, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    rendered: dict[str, Any] = yaml.safe_load(done.stdout)
+    return rendered
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Volume entries by target, whatever syntax the tool printed them in."""
+    out: dict[str, dict[str, Any]] = {}
+    for entry in service.get("volumes", []):
+        if isinstance(entry, str):
+            parts = entry.split(":")
+            source, target = parts[0], parts[1]
+            out[target] = {"source": source, "read_only": len(parts) > 2 and "ro" in parts[2].split(",")}
+        else:
+            out[entry["target"]] = {"source": entry.get("source"), "read_only": bool(entry.get("read_only"))}
+    return out
+
+
+def test_compose_config_validates_and_has_the_stack(compose_cmd: list[str], tmp_path: Path) -> None:
+    full = _config(compose_cmd, tmp_path, "monitoring")
+    services = full["services"]
+    assert set(services) == {"postgres", "service", "broker", "prometheus", "grafana"}
+    # `up -d` without a profile starts these three; monitoring is opt-in.
+    default = {name for name, s in services.items() if not s.get("profiles")}
+    assert default == {"postgres", "service", "broker"}
+    for name, service in services.items():
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert service.get("restart") == "unless-stopped", name
+
+    broker, svc, pg = services["broker"], services["service"], services["postgres"]
+    assert broker["command"] == ["broker", "--config", CONFIG_MOUNT]
+    assert svc["command"] == ["service"]
+    config_mount = _mounts(broker)[CONFIG_MOUNT]
+    assert config_mount["read_only"]
+    assert Path(config_mount["source"]).name == "config.local.yaml"
+    assert broker["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert broker["depends_on"]["service"]["condition"] == "service_healthy"
+    assert any(str(p.get("target", p)).endswith("3080") for p in broker["ports"])
+    assert "ports" not in pg  # the database and the service stay internal
+    assert "ports" not in svc
+
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+    assert "/var/lib/postgresql/data" in _mounts(pg)
+    assert {"pgdata", "broker-state", "service-state", "prometheus-data", "grafana-data"} <= set(
+        full["volumes"]
+    )
+    for name in ("broker", "service"):
+        assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert Path(services[name]["build"]["context"]).resolve() == ROOT
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert "/etc/prometheus/prometheus.yml" in _mounts(services["prometheus"])
+    grafana_mounts = _mounts(services["grafana"])
+    assert (
+        Path(grafana_mounts["/etc/grafana/provisioning"]["source"]).resolve()
+        == DEPLOY / "grafana" / "provisioning"
+    )
+
+
+def _raw_compose() -> dict[str, Any]:
+    raw: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return raw
+
+
+def _interpolate_defaults(value: str) -> str:
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_broker_environment_overrides_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zgserve.broker.settings import load_settings
+
+    env = _raw_compose()["services"]["broker"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, _interpolate_defaults(str(value)))
+    settings = load_settings(ROOT / "config.example.yaml")
+    assert settings.target_url == "http://service:8000"
+    assert settings.database.url.startswith("postgresql+asyncpg://zgserve:")
+    assert "@postgres:5432/zgserve" in settings.database.url
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 3080)
+
+
+def test_service_environment_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zgserve.service.settings import load_settings
+
+    env = _raw_compose()["services"]["service"]["environment"]
+    for key, value in env.items():
+        monkeypatch.setenv(key, _interpolate_defaults(str(value)))
+    settings = load_settings()
+    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert settings.target_url is None  # embedded model unless ZG_MODEL_URL is set
+    assert str(settings.store_path).startswith("/var/lib/zgserve/")
+
+
+def test_image_is_built_with_the_install_script() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    assert "bash scripts/install.sh" in dockerfile
+    assert LLAMA_FLAGS in install
+    for flag in re.findall(r"-DGGML_\w+=\w+", LLAMA_FLAGS):
+        assert flag in dockerfile  # documented where the image is defined
+    assert "COPY --from=build /opt/zgserve /opt/zgserve" in dockerfile
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    assert {".venv", "node/node_modules", ".git"} <= set(ignore)
+
+
+def test_prometheus_scrapes_the_broker() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    broker = jobs["zgserve-broker"]
+    assert broker["metrics_path"] == "/metrics"
+    assert broker["static_configs"][0]["targets"] == ["broker:3080"]
+
+
+def _exported_metric_names() -> set[str]:
+    """Everything the broker's /metrics can show: its own metrics and the settlement engine's."""
+    from zgserve.broker.metrics import BrokerMetrics
+    from zgserve.broker.settlement.metrics import SettlementMetrics
+
+    registry = BrokerMetrics().registry
+    SettlementMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        for sample in family.samples:
+            names.add(sample.name)
+        names.add(family.name)
+    return names
+
+
+def test_dashboard_is_provisioned_and_uses_broker_metrics() -> None:
+    datasource = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())
+    uid = datasource["datasources"][0]["uid"]
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/zgserve.yml").read_text())
+    assert provider["providers"][0]["options"]["path"] == "/etc/grafana/dashboards"
+
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/zgserve-broker.json").read_text())
+    assert dashboard["uid"] == "zgserve-broker"
+    exported = _exported_metric_names()
+    # Histogram series appear once observed; counters get _total.
+    exported |= {f"{n}_bucket" for n in exported} | {f"{n}_total" for n in exported}
+    used: set[str] = set()
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == uid
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == uid
+            used |= set(re.findall(r"\bzg(?:broker|settle)_\w+", target["expr"]))
+    assert used, "the dashboard charts nothing"
+    assert used <= exported, f"not exported by the broker: {sorted(used - exported)}"
