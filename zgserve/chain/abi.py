@@ -8,7 +8,9 @@ The ABIs are never stored in this repository. They are read, in this order, from
    :mod:`zgserve.devnet.artifacts` caches under ``.zg/artifacts/sdk-<version>/`` qualify, so
    copying that folder is enough on a machine without Node);
 2. the official SDK package installed under ``node/`` (via :mod:`zgserve.devnet.artifacts`,
-   cached after the first read).
+   cached after the first read);
+3. without Node tools, the SDK's npm tarball read in pure Python (:mod:`zgserve.chain.sdk_abi`),
+   cached under ``~/.cache/zgserve``.
 
 Decoded addresses are always checksummed; everything else is what ``eth_abi`` returns.
 """
@@ -238,8 +240,18 @@ def load_contract_abis(abi_dir: Path | None = None) -> ContractAbis:
     # Imported here: the SDK reader lives with the other Node tooling and is only
     # needed when no ABI directory was given.
     from zgserve.devnet.artifacts import sdk_artifacts
+    from zgserve.devnet.node import NodeToolsMissing
 
-    artifacts = sdk_artifacts()
+    try:
+        artifacts = sdk_artifacts()
+    except NodeToolsMissing:
+        # A plain `pip install` (no repository, no Node): read the SDK tarball directly.
+        from zgserve.chain.sdk_abi import cached_registry_abis
+
+        abis = cached_registry_abis()
+        return ContractAbis(
+            ledger=ContractAbi(LEDGER, abis[LEDGER]), inference=ContractAbi(INFERENCE, abis[INFERENCE])
+        )
     return ContractAbis(
         ledger=ContractAbi(LEDGER, artifacts[LEDGER].abi),
         inference=ContractAbi(INFERENCE, artifacts[INFERENCE].abi),
