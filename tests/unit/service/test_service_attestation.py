@@ -1,0 +1,197 @@
+"""TEE backends and GPU evidence, each against a stand-in for its hardware interface."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import stat
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from zgserve.common.signing import Signer
+from zgserve.service.attestation import AttestationError, get_tee_backend, report_data_for
+from zgserve.service.attestation.dstack import DstackTee
+from zgserve.service.attestation.nvidia import NvmlGpuEvidence, detect, probe
+from zgserve.service.attestation.simulated import SimulatedTee
+from zgserve.service.attestation.tdx import TdxTee, probe_provider
+
+NONCE = bytes(range(32))
+
+
+def test_report_data_layout() -> None:
+    address = "0x" + "ab" * 20
+    data = report_data_for(address, NONCE)
+    assert data == bytes.fromhex("ab" * 20) + b"\x00" * 12 + NONCE
+    with pytest.raises(ValueError, match="32 bytes"):
+        report_data_for(address, b"short")
+
+
+def test_auto_is_simulated_here_and_hardware_can_be_required() -> None:
+    assert get_tee_backend("auto", dstack_socket=Path("/nonexistent.sock")).name == "simulated"
+    with pytest.raises(AttestationError, match="required"):
+        get_tee_backend("auto", dstack_socket=Path("/nonexistent.sock"), require_hardware=True)
+    with pytest.raises(AttestationError):
+        get_tee_backend("tdx")
+
+
+async def test_simulated_quote_is_plainly_not_evidence() -> None:
+    quote = await SimulatedTee().quote(b"\x01" * 64)
+    assert quote.quote is None
+    assert quote.tee == "simulated"
+    assert quote.event_log == ""
+    assert quote.info["simulated"] is True
+    assert "SIMULATED" in quote.info["warning"]
+
+
+async def test_simulated_key_file_keeps_one_key_per_purpose(tmp_path: Path) -> None:
+    key_file = tmp_path / "keys" / "simulated.json"
+    first = await SimulatedTee(key_file).signing_key("service")
+    again = await SimulatedTee(key_file).signing_key("service")
+    other = await SimulatedTee(key_file).signing_key("settlement")
+    assert first.address == again.address != other.address
+    assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
+    assert (await SimulatedTee().signing_key("service")).address != first.address
+
+
+async def test_tdx_outside_a_td_fails_honestly(tmp_path: Path) -> None:
+    assert probe_provider(tmp_path / "missing") is None
+    with pytest.raises(AttestationError):
+        await TdxTee(tmp_path).quote(b"x" * 64)  # a plain directory is no configfs-tsm
+
+
+@pytest.fixture
+async def dstack_socket(tmp_path: Path) -> AsyncIterator[Path]:
+    """A stand-in dstack guest agent on a unix socket."""
+    key = bytes(range(1, 33))
+
+    async def get_key(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert body["path"].startswith("zgserve/")
+        return web.json_response({"key": key.hex(), "signature_chain": ["00"]})
+
+    async def get_quote(request: web.Request) -> web.Response:
+        report_data = bytes.fromhex((await request.json())["report_data"])
+        quote = bytearray(700)
+        quote[0:2] = (4).to_bytes(2, "little")
+        quote[568:632] = report_data
+        return web.json_response({"quote": quote.hex(), "event_log": "[]", "report_data": report_data.hex()})
+
+    async def info(request: web.Request) -> web.Response:
+        return web.json_response({"app_id": "abc", "tcb_info": "{}"})
+
+    app = web.Application()
+    app.router.add_post("/GetKey", get_key)
+    app.router.add_post("/GetQuote", get_quote)
+    app.router.add_get("/Info", info)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    path = Path(f"/tmp/zg-dstack-{os.getpid()}-{secrets.token_hex(4)}.sock")  # short: AF_UNIX path limit
+    await web.UnixSite(runner, str(path)).start()
+    try:
+        yield path
+    finally:
+        await runner.cleanup()
+        os.unlink(path)
+
+
+async def test_dstack_derives_a_stable_key_and_quotes(dstack_socket: Path) -> None:
+    tee = get_tee_backend("auto", dstack_socket=dstack_socket)
+    assert isinstance(tee, DstackTee)
+    try:
+        signer = await tee.signing_key("service")
+        assert signer.address == Signer(bytes(range(1, 33))).address
+        report_data = report_data_for(signer.address, NONCE)
+        quote = await tee.quote(report_data)
+        assert quote.tee == "dstack"
+        assert quote.quote is not None
+        assert quote.quote[568:632] == report_data
+        assert quote.info["app_id"] == "abc"
+        assert quote.event_log == "[]"
+    finally:
+        await tee.close()
+
+
+class FakeNvml:
+    """The slice of pynvml the evidence source uses; records overlapping calls."""
+
+    def __init__(self, cc: int = 1, echo_nonce: bool = True, gpus: int = 2) -> None:
+        self.cc, self.echo_nonce, self.gpus = cc, echo_nonce, gpus
+        self.active = 0
+        self.max_active = 0
+        self._lock = threading.Lock()
+
+    def nvmlInit(self) -> None:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+
+    def nvmlShutdown(self) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def nvmlSystemGetConfComputeState(self) -> Any:
+        return SimpleNamespace(environment=2, ccFeature=self.cc, devToolsMode=0)
+
+    def nvmlSystemGetDriverVersion(self) -> str:
+        return "570.00"
+
+    def nvmlSystemGetConfComputeGpusReadyState(self) -> int:
+        return 1
+
+    def nvmlDeviceGetCount(self) -> int:
+        return self.gpus
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
+        return index
+
+    def nvmlDeviceGetName(self, handle: int) -> str:
+        return "NVIDIA H100 80GB HBM3"
+
+    def nvmlDeviceGetArchitecture(self, handle: int) -> int:
+        return 9
+
+    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: int, nonce: bytes) -> Any:
+        time.sleep(0.002)  # long enough for unserialised callers to overlap
+        echoed = nonce if self.echo_nonce else bytes(32)
+        report = list(bytes([0x11, 0xE0, 0x01, 0xFF]) + echoed + b"\x00" * 100) + [0] * 64
+        return SimpleNamespace(attestationReport=report, attestationReportSize=136)
+
+    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: int) -> Any:
+        chain = b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"
+        return SimpleNamespace(
+            attestationCertChain=list(chain) + [0] * 8, attestationCertChainSize=len(chain)
+        )
+
+
+async def test_nvml_evidence_is_nonce_checked_and_serialised() -> None:
+    nvml = FakeNvml()
+    source = detect(nvml)
+    assert source is not None
+    payloads = await asyncio.gather(*(source.evidence(bytes([i]) * 32) for i in range(6)))
+    assert nvml.max_active == 1  # NVML calls never overlapped
+    for i, payload in enumerate(payloads):
+        assert payload["nonce"] == (bytes([i]) * 32).hex()
+        assert payload["arch"] == "HOPPER"
+        assert len(payload["evidence_list"]) == 2
+        assert set(payload["evidence_list"][0]) == {"certificate", "evidence"}
+
+
+async def test_nvml_wrong_nonce_and_cc_off_are_refused() -> None:
+    with pytest.raises(AttestationError, match="nonce"):
+        await NvmlGpuEvidence(FakeNvml(echo_nonce=False)).evidence(NONCE)
+    assert detect(FakeNvml(cc=0)) is None
+    with pytest.raises(AttestationError, match="off"):
+        await NvmlGpuEvidence(FakeNvml(cc=0)).evidence(NONCE)
+    found = probe(FakeNvml(cc=0))
+    assert found["cc_enabled"] is False
+    assert found["gpus"][0]["nonce_check"] == "ok"
+    assert json.dumps(found)  # printable by the standalone run

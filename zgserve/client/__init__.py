@@ -1,0 +1,1 @@
+"""The user side: ledger operations, request tokens, OpenAI-compatible calls, verification."""

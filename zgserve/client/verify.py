@@ -1,0 +1,361 @@
+"""Client-side verification of a verifiable service's answers and attestation reports.
+
+Every check ends as PASS, FAIL or NOT CHECKED (with the reason it could not run);
+:attr:`Verification.verified` is true only when every check ran and passed, so a
+check that did not run never counts as verified.
+
+* Signatures: both SHA-256 hashes recomputed from the bytes the client sent and
+  received, the EIP-191 signature recovered and compared with the attested address.
+* Reports: the nonce echo, the TDX quote's ``report_data`` binding (address padded
+  to 32 bytes + nonce) and debug flag, the GPU evidence's nonce (in the payload and
+  inside each SPDM report), and, when NRAS is reachable, NVIDIA's verdict with every
+  JWT signature checked (ES384) against NVIDIA's published keys. The Intel quote's
+  signature chain needs Intel's collateral service and is reported as not checked.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from zgserve.common.signing import recover_address, sha256_hex
+
+NRAS_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
+NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
+SPDM_MEASUREMENTS_PREFIX = bytes([0x11, 0xE0, 0x01, 0xFF])
+# TDX quote v4: 48-byte header, TD report body after it.
+_TDX_TEE_TYPE = 0x81
+_TD_ATTRIBUTES = slice(48 + 120, 48 + 128)
+_MRTD = slice(48 + 136, 48 + 184)
+_REPORT_DATA = slice(568, 632)
+
+Status = Literal["pass", "fail", "not checked"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str = ""
+
+
+@dataclass
+class Verification:
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append(Check(name, "pass" if ok else "fail", detail))
+
+    def skip(self, name: str, reason: str) -> None:
+        self.checks.append(Check(name, "not checked", reason))
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def not_checked(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "not checked"]
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.checks) and not self.failed and not self.not_checked
+
+    def render(self) -> str:
+        labels = {"pass": "PASS", "fail": "FAIL", "not checked": "NOT CHECKED"}
+        lines = [
+            f"{labels[c.status]:<12} {c.name}" + (f": {c.detail}" if c.detail else "") for c in self.checks
+        ]
+        if self.verified:
+            lines.append("RESULT: verified (every check ran and passed)")
+        elif self.failed:
+            lines.append(f"RESULT: FAILED ({len(self.failed)} failed check(s))")
+        else:
+            lines.append(f"RESULT: not fully verified ({len(self.not_checked)} check(s) could not be done)")
+        return "\n".join(lines)
+
+
+# -- signatures ---------------------------------------------------------------
+
+
+def verify_signature(
+    request_body: bytes,
+    response_body: bytes,
+    record: dict[str, Any],
+    *,
+    expected_address: str | None = None,
+    into: Verification | None = None,
+) -> Verification:
+    """Check a signature record against the exact bytes sent and received."""
+    result = into or Verification()
+    text = str(record.get("text", ""))
+    signature = str(record.get("signature", ""))
+    claimed = str(record.get("signing_address", ""))
+    parts = text.split(":")
+    request_hash, response_hash = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
+    result.add("request hash", request_hash == sha256_hex(request_body), f"sha256 {request_hash[:16]}...")
+    result.add("response hash", response_hash == sha256_hex(response_body), f"sha256 {response_hash[:16]}...")
+    try:
+        recovered = recover_address(text, signature)
+    except ValueError as exc:
+        result.add("signature", False, f"does not recover: {exc}")
+        return result
+    if claimed:
+        result.add(
+            "signature recovers to the record's address", recovered.lower() == claimed.lower(), recovered
+        )
+    if expected_address is None:
+        result.skip("signer is the attested key", "no attested address given")
+    else:
+        result.add(
+            "signer is the attested key",
+            recovered.lower() == expected_address.lower(),
+            f"recovered {recovered}, attested {expected_address}",
+        )
+    return result
+
+
+# -- attestation reports --------------------------------------------------------
+
+
+def expected_report_data(address: str, nonce: bytes) -> bytes:
+    return bytes.fromhex(address.removeprefix("0x")).ljust(32, b"\x00") + nonce
+
+
+def _check_quote(result: Verification, quote_hex: str, address: str, nonce: bytes) -> None:
+    if not quote_hex:
+        result.add("TDX quote present", False, "the report has no intel_quote")
+        return
+    try:
+        quote = bytes.fromhex(quote_hex.removeprefix("0x"))
+    except ValueError:
+        result.add("TDX quote present", False, "intel_quote is not hex")
+        return
+    if len(quote) < 632:
+        result.add("TDX quote present", False, f"{len(quote)} bytes: too short for a v4 quote")
+        return
+    version = int.from_bytes(quote[0:2], "little")
+    tee_type = int.from_bytes(quote[4:8], "little")
+    result.add(
+        "TDX quote format",
+        version == 4 and tee_type == _TDX_TEE_TYPE,
+        f"version {version}, tee {tee_type:#x}",
+    )
+    expected = expected_report_data(address, nonce)
+    got = quote[_REPORT_DATA]
+    result.add("quote report_data[:32] = signing address", got[:32] == expected[:32], got[:32].hex())
+    result.add("quote report_data[32:] = nonce", got[32:] == expected[32:], got[32:].hex())
+    debug = quote[_TD_ATTRIBUTES][0] & 1
+    result.add("TD is not a debug TD", not debug, f"MRTD {quote[_MRTD].hex()[:24]}...")
+    result.skip(
+        "TDX quote signature chain (Intel)",
+        "needs Intel's collateral (PCS/PCCS) and a quote verifier such as dcap-qvl; not done here",
+    )
+
+
+def _check_gpu_local(result: Verification, payload: dict[str, Any] | None, nonce: bytes) -> bool:
+    """Local GPU checks; True when there is evidence worth sending to NRAS."""
+    if payload is None:
+        result.add("GPU evidence present", False, "nvidia_payload is not a JSON object")
+        return False
+    result.add("GPU payload nonce = nonce", str(payload.get("nonce", "")).lower() == nonce.hex(), "")
+    evidence_list = payload.get("evidence_list") or []
+    if not evidence_list:
+        reason = payload.get("reason") or "evidence_list is empty"
+        result.add(
+            "GPU evidence present", False, f"{reason}" + (" (simulated)" if payload.get("simulated") else "")
+        )
+        return False
+    for index, item in enumerate(evidence_list):
+        try:
+            evidence = base64.b64decode(item.get("evidence", ""), validate=True)
+        except (binascii.Error, AttributeError):
+            result.add(f"GPU {index} evidence", False, "not base64")
+            continue
+        ok = evidence[:4] == SPDM_MEASUREMENTS_PREFIX and evidence[4:36] == nonce
+        result.add(f"GPU {index} SPDM report carries the nonce", ok, f"{len(evidence)} bytes")
+    return True
+
+
+def verify_report_local(
+    report: dict[str, Any],
+    nonce: bytes,
+    *,
+    expected_address: str | None = None,
+    into: Verification | None = None,
+) -> Verification:
+    """Every report check that needs no network."""
+    result = into or Verification()
+    address = str(report.get("signing_address", ""))
+    result.add("request_nonce echoes the nonce", str(report.get("request_nonce", "")).lower() == nonce.hex())
+    if expected_address is not None:
+        result.add(
+            "signing_address is the expected one", address.lower() == expected_address.lower(), address
+        )
+    tee = str(report.get("tee", "unknown"))
+    if tee == "simulated" or report.get("simulated"):
+        result.add("TEE hardware evidence", False, "the service runs in SIMULATED mode: nothing is attested")
+    else:
+        _check_quote(result, str(report.get("intel_quote", "")), address, nonce)
+    try:
+        payload = json.loads(report.get("nvidia_payload") or "null")
+    except ValueError:
+        payload = None
+    _check_gpu_local(result, payload if isinstance(payload, dict) else None, nonce)
+    return result
+
+
+async def verify_report(
+    report: dict[str, Any],
+    nonce: bytes,
+    *,
+    expected_address: str | None = None,
+    online: bool = True,
+    nras_url: str = NRAS_URL,
+    jwks_url: str = NRAS_JWKS_URL,
+    session: aiohttp.ClientSession | None = None,
+) -> Verification:
+    """Local checks, then NVIDIA's remote attestation when ``online`` and there is GPU evidence."""
+    result = verify_report_local(report, nonce, expected_address=expected_address)
+    if any(c.name == "GPU evidence present" for c in result.checks):
+        return result  # no GPU evidence: nothing to send to NRAS (already a failed check)
+    if not online:
+        result.skip("NVIDIA NRAS verdict", "offline: NRAS was not contacted")
+        return result
+    payload = json.loads(report["nvidia_payload"])
+    own = session is None
+    http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    try:
+        await check_nras(result, http, payload, nonce, nras_url, jwks_url)
+    finally:
+        if own:
+            await http.close()
+    return result
+
+
+# -- NVIDIA remote attestation (NRAS) -------------------------------------------
+
+
+class JwtError(Exception):
+    pass
+
+
+def _b64url(data: str) -> bytes:
+    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
+
+
+def _jwk_public_key(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey:
+    if jwk.get("x") and jwk.get("y"):
+        numbers = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(_b64url(jwk["x"]), "big"), int.from_bytes(_b64url(jwk["y"]), "big"), ec.SECP384R1()
+        )
+        return numbers.public_key()
+    if jwk.get("x5c"):
+        key = x509.load_der_x509_certificate(base64.b64decode(jwk["x5c"][0])).public_key()
+        if isinstance(key, ec.EllipticCurvePublicKey):
+            return key
+    raise JwtError(f"JWK {jwk.get('kid')!r} holds no P-384 public key")
+
+
+def verify_jwt_es384(token: str, jwks: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
+    """The claims of ``token`` after checking its ES384 signature against ``jwks``; raises JwtError."""
+    try:
+        header_b64, claims_b64, signature_b64 = token.split(".")
+        header = json.loads(_b64url(header_b64))
+        claims = json.loads(_b64url(claims_b64))
+        signature = _b64url(signature_b64)
+    except (ValueError, binascii.Error) as exc:
+        raise JwtError(f"malformed JWT: {exc}") from exc
+    if header.get("alg") != "ES384":
+        raise JwtError(f"JWT algorithm is {header.get('alg')!r}, expected ES384")
+    keys = [k for k in jwks.get("keys", []) if k.get("kid") == header.get("kid")]
+    if not keys:
+        raise JwtError(f"no published key with kid {header.get('kid')!r}")
+    if len(signature) != 96:
+        raise JwtError("an ES384 signature is 96 bytes")
+    der = encode_dss_signature(int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big"))
+    try:
+        _jwk_public_key(keys[0]).verify(
+            der, f"{header_b64}.{claims_b64}".encode("ascii"), ec.ECDSA(hashes.SHA384())
+        )
+    except InvalidSignature as exc:
+        raise JwtError("JWT signature does not verify") from exc
+    now = time.time() if now is None else now
+    if isinstance(claims.get("exp"), int | float) and now > claims["exp"] + 60:
+        raise JwtError("JWT has expired")
+    if isinstance(claims.get("nbf"), int | float) and now < claims["nbf"] - 60:
+        raise JwtError("JWT is not valid yet")
+    return dict(claims)
+
+
+def _tokens(answer: Any) -> list[str]:
+    """Every JWT string inside NRAS's answer (``[["JWT", overall], {"GPU-0": token}]``)."""
+    if isinstance(answer, str):
+        return [answer] if answer.count(".") == 2 else []
+    if isinstance(answer, list):
+        return [t for item in answer for t in _tokens(item)]
+    if isinstance(answer, dict):
+        return [t for item in answer.values() for t in _tokens(item)]
+    return []
+
+
+async def check_nras(
+    result: Verification,
+    session: aiohttp.ClientSession,
+    payload: dict[str, Any],
+    nonce: bytes,
+    nras_url: str = NRAS_URL,
+    jwks_url: str = NRAS_JWKS_URL,
+) -> None:
+    """Send the GPU evidence to NRAS and check its signed verdict."""
+    body = {
+        "nonce": payload.get("nonce"),
+        "evidence_list": payload.get("evidence_list"),
+        "arch": payload.get("arch") or "HOPPER",
+        "claims_version": "2.0",
+    }
+    try:
+        async with session.post(nras_url, json=body) as resp:
+            if resp.status != 200:
+                result.add("NVIDIA NRAS verdict", False, f"NRAS answered HTTP {resp.status}")
+                return
+            answer = await resp.json(content_type=None)
+        async with session.get(jwks_url) as resp:
+            jwks = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        result.skip("NVIDIA NRAS verdict", f"NRAS unreachable: {exc}")
+        return
+    tokens = _tokens(answer)
+    if not tokens:
+        result.add("NVIDIA NRAS verdict", False, "NRAS answer holds no JWT")
+        return
+    claims: list[dict[str, Any]] = []
+    for token in tokens:
+        try:
+            claims.append(verify_jwt_es384(token, jwks))
+        except JwtError as exc:
+            result.add("NRAS JWT signatures (ES384, NVIDIA keys)", False, str(exc))
+            return
+    result.add("NRAS JWT signatures (ES384, NVIDIA keys)", True, f"{len(tokens)} token(s)")
+    overall = claims[0]
+    result.add(
+        "NRAS overall attestation result",
+        overall.get("x-nvidia-overall-att-result") is True,
+        str(overall.get("x-nvidia-overall-att-result")),
+    )
+    eat_nonce = overall.get("eat_nonce")
+    if eat_nonce is None:
+        result.skip("NRAS verdict is for our nonce", "the overall token has no eat_nonce claim")
+    else:
+        result.add("NRAS verdict is for our nonce", str(eat_nonce).lower() == nonce.hex())

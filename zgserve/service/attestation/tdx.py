@@ -1,0 +1,101 @@
+"""Intel TDX quotes through the kernel's configfs-tsm interface (Linux 6.7+).
+
+A report entry is a directory under ``/sys/kernel/config/tsm/report``: write at
+most 64 bytes of report data to ``inblob``, read the quote from ``outblob``.
+``generation`` counts writes, so a concurrent writer to the same entry is
+detected; each call uses its own entry and calls are serialised anyway.
+
+The signing key is generated in the TD's memory and never written anywhere: it
+lives as long as the process, and a restart makes a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from pathlib import Path
+
+from zgserve.common.signing import Signer
+from zgserve.service.attestation.base import REPORT_DATA_SIZE, AttestationError, TeeBackend, TeeQuote
+
+TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
+TDX_PROVIDER = "tdx_guest"
+# TDX quote v4: 48-byte header, then the TD report body; REPORTDATA is bytes 568..632.
+QUOTE_REPORT_DATA = slice(568, 632)
+
+
+def probe_provider(base: Path = TSM_REPORT_DIR) -> str | None:
+    """The configfs-tsm provider name (``tdx_guest`` in a TD), or None when there is none."""
+    if not base.is_dir():
+        return None
+    entry = base / f"zgserve-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        entry.mkdir()
+    except OSError:
+        return None
+    try:
+        return (entry / "provider").read_text().strip() or None
+    except OSError:
+        return None
+    finally:
+        try:
+            entry.rmdir()
+        except OSError:
+            pass
+
+
+class TdxTee(TeeBackend):
+    """TDX via configfs-tsm; keys made in TD memory."""
+
+    name = "tdx"
+    is_hardware = True
+
+    def __init__(self, base: Path = TSM_REPORT_DIR) -> None:
+        self.base = base
+        self._lock = threading.Lock()
+
+    async def signing_key(self, purpose: str) -> Signer:
+        return Signer.generate()
+
+    async def quote(self, report_data: bytes) -> TeeQuote:
+        if len(report_data) > REPORT_DATA_SIZE:
+            raise ValueError("report_data is at most 64 bytes")
+        padded = report_data.ljust(REPORT_DATA_SIZE, b"\x00")
+        quote = await asyncio.to_thread(self._quote_sync, padded)
+        return TeeQuote(
+            tee=self.name,
+            quote=quote,
+            report_data=padded,
+            event_log="",
+            info={"tee": self.name, "provider": TDX_PROVIDER, "source": "configfs-tsm"},
+        )
+
+    def _quote_sync(self, report_data: bytes) -> bytes:
+        with self._lock:
+            entry = self.base / f"zgserve-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            try:
+                entry.mkdir()
+            except OSError as exc:
+                raise AttestationError(f"cannot create a configfs-tsm report entry: {exc}") from exc
+            try:
+                provider = (entry / "provider").read_text().strip()
+                if provider != TDX_PROVIDER:
+                    raise AttestationError(f"configfs-tsm provider is {provider!r}, not {TDX_PROVIDER}")
+                before = int((entry / "generation").read_text())
+                (entry / "inblob").write_bytes(report_data)
+                quote = (entry / "outblob").read_bytes()
+                after = int((entry / "generation").read_text())
+            except OSError as exc:
+                raise AttestationError(f"configfs-tsm quote failed: {exc}") from exc
+            finally:
+                try:
+                    entry.rmdir()
+                except OSError:
+                    pass
+        if after != before + 1:
+            raise AttestationError("the report entry was written concurrently; quote discarded")
+        if quote[QUOTE_REPORT_DATA] != report_data:
+            raise AttestationError("the quote does not carry the requested report_data")
+        return quote

@@ -1,0 +1,142 @@
+"""The backend: completions through a lean keep-alive pool, everything else through one
+shared aiohttp session; explicit timeouts on both; failures become typed errors.
+
+Request bodies go out as given and response bytes come back unparsed; the caller
+decides what to parse. ``Accept-Encoding: identity`` keeps the bytes we hash the
+bytes the backend produced.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from zgserve.common.errors import UpstreamError, UpstreamUnavailable, error_body
+from zgserve.service.http1 import ConnectionBroken, Http1Pool, Response, UpstreamTimeout
+
+
+class Upstream:
+    """An OpenAI-compatible backend at ``base_url`` (without ``/v1``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 600.0,
+        connections: int = 512,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {base_url}")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._tls = parts.scheme == "https"
+        self._prefix = parts.path.rstrip("/")
+        self._api_key = api_key
+        self.headers: dict[str, str] = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
+
+    async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.connect_timeout_s,
+            sock_connect=self.connect_timeout_s,
+            sock_read=self.read_timeout_s,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self._connections),
+            timeout=timeout,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's cookies are never sent back
+        )
+        self._pool = Http1Pool(
+            self._host,
+            self._port,
+            connect_timeout_s=self.connect_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            tls=self._tls,
+            max_idle=self._connections,
+            extra_headers={"Authorization": f"Bearer {self._api_key}"} if self._api_key else None,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The shared aiohttp session (model list, tokenizer, anything off the hot path)."""
+        if self._session is None:
+            raise RuntimeError("Upstream.start() has not run")
+        return self._session
+
+    async def post(self, path: str, body: bytes) -> Response:
+        """POST ``body`` as JSON; the response comes back with its body unread (release it)."""
+        if self._pool is None:
+            raise RuntimeError("Upstream.start() has not run")
+        try:
+            return await self._pool.request("POST", self._prefix + path, body)
+        except (OSError, TimeoutError) as exc:
+            if isinstance(exc, UpstreamTimeout):
+                raise UpstreamError(
+                    "the model backend did not answer in time", code="upstream_timeout"
+                ) from exc
+            if isinstance(exc, ConnectionBroken):
+                raise UpstreamError(f"the model backend failed before answering: {exc}") from exc
+            raise UpstreamUnavailable(
+                f"the model backend is unreachable: {exc or type(exc).__name__}"
+            ) from exc
+
+    @staticmethod
+    async def read(resp: Response) -> bytes:
+        """The whole body of ``resp``; failures become UpstreamError."""
+        try:
+            return await resp.read()
+        except UpstreamTimeout as exc:
+            raise UpstreamError("the model backend did not finish in time", code="upstream_timeout") from exc
+        except OSError as exc:
+            raise UpstreamError(f"the model backend's answer broke off: {exc}") from exc
+
+    async def call(self, method: str, path: str) -> tuple[int, bytes]:
+        """Status and body of a small request through the shared session."""
+        try:
+            async with self.session.request(method, self.base_url + path, headers=self.headers) as resp:
+                return resp.status, await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamUnavailable(f"the model backend is unreachable ({exc.os_error})") from exc
+        except TimeoutError as exc:
+            raise UpstreamError("the model backend did not answer in time", code="upstream_timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"the model backend request failed: {exc}") from exc
+
+
+def backend_error_body(status: int, body: bytes) -> bytes:
+    """The backend's error as OpenAI error JSON: passed through when it already is, else wrapped."""
+    try:
+        data: Any = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return body
+    if isinstance(data, dict) and isinstance(data.get("detail"), str | list):
+        message = str(data["detail"])
+    else:
+        message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    kind = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
+    return json.dumps(error_body(f"backend: {message}", kind, f"upstream_{status}")).encode()
