@@ -1,0 +1,1 @@
+"""Alembic migrations of the broker database (applied by :func:`zgserve.broker.db.engine.migrate`)."""

@@ -1,0 +1,1 @@
+"""HTTP routes of the broker: ``proxy`` (raw ASGI, the hot path), ``user``, ``admin``, ``ops``."""

@@ -1,0 +1,446 @@
+"""``ANY /v1/proxy/*``: forwards to ``targetUrl`` + the rest of the path, charging completions.
+
+A raw ASGI handler: bodies are forwarded as bytes in both directions (the service
+signs exactly the bytes it received and sent, so nothing here re-serialises), and
+the hot path stays free of framework objects.
+
+* ``/chat/completions`` and ``/completions`` (POST): authenticated, admitted by the
+  balance guard, metered, recorded durably before the response completes; the
+  response carries ``ZG-Res-Key``.
+* ``GET /signature/{id}``, ``GET /attestation/report``, ``GET /models``: passed
+  through without authentication (the SDK fetches them anonymously).
+* anything else: authenticated, passed through, not charged.
+
+Completions go through the service's lean keep-alive HTTP/1.1 pool
+(:mod:`zgserve.service.http1`, one per app): aiohttp's per-request overhead was a
+third of the broker's CPU per request. Everything else uses the shared aiohttp session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from zgserve.broker import billing
+from zgserve.broker.auth import AuthResult, check_account
+from zgserve.broker.billing import Prices, Reservation
+from zgserve.broker.core import BrokerCore
+from zgserve.broker.db.models import FeeRecord, utcnow
+from zgserve.broker.errors import InsufficientBalance, InvalidJson
+from zgserve.broker.metering import StreamMeter, Usage, read_json_response
+from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError, error_body
+from zgserve.common.sse import DONE_EVENT, encode_event
+from zgserve.service.http1 import ConnectionBroken, Response, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/v1/proxy"
+CHARGED = frozenset({"/chat/completions", "/completions"})
+RES_KEY = b"zg-res-key"
+_EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key")
+_ANONYMOUS_GET = ("/signature/", "/v1/signature/")
+_ANONYMOUS_EXACT = frozenset({"/attestation/report", "/v1/attestation/report", "/models", "/v1/models"})
+# Never forwarded upstream: hop-by-hop headers, the user's credentials, and what aiohttp sets itself.
+_DROP_REQUEST = frozenset(
+    {
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+        "authorization",
+        "address",
+        "session-token",
+        "session-signature",
+        "accept-encoding",
+        "cookie",
+    }
+)
+_DROP_RESPONSE = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date", "zg-res-key"}
+)
+
+
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+def _pool_headers(upstream: Response) -> list[tuple[bytes, bytes]]:
+    return [
+        (k.encode("latin-1"), v.encode("latin-1"))
+        for k, v in upstream.headers.items()
+        if k not in _DROP_RESPONSE
+    ]
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    return [
+        (k.lower(), v) for k, v in upstream.raw_headers if k.decode("latin-1").lower() not in _DROP_RESPONSE
+    ]
+
+
+async def send_error(send: Any, exc: ZgError, *, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    """The OpenAI error JSON with the error's status."""
+    body = json.dumps(exc.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if exc.status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers + (extra or [])})
+    await send({"type": "http.response.body", "body": body})
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class ProxyApp:
+    """The ASGI app serving everything under ``/v1/proxy``."""
+
+    def __init__(self, core: BrokerCore) -> None:
+        self.core = core
+        s = core.settings
+        self._target = s.target_url
+        self._max_body = s.server.max_body_bytes
+        self._cap = s.billing.max_output_tokens
+        self._bytes_per_token = s.billing.input_bytes_per_token
+        self._extra_headers = {k: v.get_secret_value() for k, v in s.upstream.headers.items()}
+        self._prefix = urlsplit(s.target_url).path.rstrip("/")
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        rest = scope["path"][len(PREFIX) :] or "/"
+        method = scope["method"]
+        try:
+            if method == "POST" and rest in CHARGED:
+                await self._charged(scope, receive, send, rest)
+            elif method == "GET" and (rest.startswith(_ANONYMOUS_GET) or rest in _ANONYMOUS_EXACT):
+                await self._pass(scope, receive, send, rest, b"")
+            else:
+                await self.core.auth.authenticate(_headers(scope))
+                body = await self._read_body(scope, receive)
+                await self._pass(scope, receive, send, rest, body)
+        except ClientGone:
+            return
+        except ZgError as exc:
+            self._count_rejection(exc)
+            if exc.status >= 500:
+                logger.warning("%s %s%s: %s (%s)", method, PREFIX, rest, exc.code, exc.message)
+            await send_error(send, exc)
+        except Exception:
+            logger.exception("%s %s%s failed", method, PREFIX, rest)
+            with contextlib.suppress(Exception):  # the response may have started already
+                await send_error(send, ZgError("internal error"))
+
+    def _count_rejection(self, exc: ZgError) -> None:
+        if exc.status in (401, 402, 403):
+            self.core.metrics.rejections.labels(exc.code).inc()
+
+    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+                raise PayloadTooLarge(f"request body over the limit of {self._max_body} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._max_body:
+                raise PayloadTooLarge(f"request body over the limit of {self._max_body} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _upstream_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        out = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}
+        out["accept-encoding"] = "identity"  # the client must get the exact bytes the service signed
+        out.update(self._extra_headers)
+        return out
+
+    def _url(self, scope: dict[str, Any], rest: str) -> str:
+        query = scope.get("query_string", b"")
+        return self._target + rest + ("?" + query.decode("latin-1") if query else "")
+
+    async def _open(
+        self, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self.core.http.request(method, url, data=body or None, headers=headers)
+        except TimeoutError:
+            self.core.metrics.upstream_errors.labels("timeout").inc()
+            raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None
+        except aiohttp.ClientError as exc:
+            self.core.metrics.upstream_errors.labels("connect").inc()
+            raise UpstreamUnavailable(f"the service is unreachable ({type(exc).__name__})") from None
+
+    async def _pass(self, scope: dict[str, Any], receive: Any, send: Any, rest: str, body: bytes) -> None:
+        headers = self._upstream_headers(_headers(scope))
+        upstream = await self._open(scope["method"], self._url(scope, rest), body, headers)
+        try:
+            out = _response_headers(upstream)
+            if upstream.content_length is not None:
+                out.append((b"content-length", str(upstream.content_length).encode()))
+            await send({"type": "http.response.start", "status": upstream.status, "headers": out})
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except (aiohttp.ClientError, TimeoutError):
+                self.core.metrics.upstream_errors.labels("broken").inc()  # the client sees a cut body
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            upstream.release()
+
+    # ---- charged requests -------------------------------------------------------------------
+
+    async def _charged(self, scope: dict[str, Any], receive: Any, send: Any, rest: str) -> None:
+        core = self.core
+        headers = _headers(scope)
+        auth = await core.auth.authenticate(headers)
+        body = await self._read_body(scope, receive)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            raise InvalidJson("the request body is not valid JSON") from None
+        if not isinstance(request, dict):
+            raise InvalidJson("the request body must be a JSON object")
+        prices = core.service.prices
+        estimate = prices.fee(
+            billing.input_estimate(body, self._bytes_per_token),
+            billing.output_reservation(request, self._cap),
+        )
+        reservation = await self._reserve(auth, estimate)
+        try:
+            upstream = await self._post(scope, rest, body)
+            try:
+                ctx = _Charge(auth.token.user, rest, request, prices, reservation)
+                if upstream.status != 200:
+                    # Nothing is charged for a failed call; the service's error goes back as it is.
+                    core.metrics.upstream_errors.labels(f"status_{upstream.status}").inc()
+                    await self._relay_error(send, upstream)
+                elif upstream.content_type.startswith("text/event-stream"):
+                    await self._stream(receive, send, upstream, ctx)
+                else:
+                    await self._whole(send, upstream, ctx)
+            finally:
+                if upstream.at_eof:
+                    upstream.release()  # back to the pool
+                else:
+                    upstream.close()  # abandoned mid-body: the service stops generating
+        finally:
+            reservation.release()  # no-op once charged
+
+    async def _reserve(self, auth: AuthResult, estimate: int) -> Reservation:
+        try:
+            return await self.core.guard.reserve(auth.token.user, auth.account, estimate)
+        except InsufficientBalance:
+            # The cached balance may predate a top-up: read the chain once more before refusing.
+            cached = await self.core.accounts.get(auth.token.user, fresh=True)
+            account = check_account(auth.token, cached.account)
+            return await self.core.guard.reserve(auth.token.user, account, estimate)
+
+    async def _post(self, scope: dict[str, Any], rest: str, body: bytes) -> Response:
+        """POST a completion through the keep-alive pool (the hot path)."""
+        query = scope.get("query_string", b"")
+        path = self._prefix + rest + ("?" + query.decode("latin-1") if query else "")
+        content_type = "application/json"
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value.decode("latin-1")
+        try:
+            return await self.core.upstream.request("POST", path, body, content_type)
+        except UpstreamTimeout:
+            self.core.metrics.upstream_errors.labels("timeout").inc()
+            raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None
+        except ConnectionBroken:
+            raise self._broken() from None
+        except (OSError, TimeoutError) as exc:
+            self.core.metrics.upstream_errors.labels("connect").inc()
+            raise UpstreamUnavailable(f"the service is unreachable ({type(exc).__name__})") from None
+
+    async def _relay_error(self, send: Any, upstream: Response) -> None:
+        data = await self._read_all(upstream)
+        out = [*_pool_headers(upstream), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": upstream.status, "headers": out})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _record(
+        self, ctx: _Charge, usage: Usage, response_id: str | None, status: str, stream: bool
+    ) -> None:
+        fee = ctx.prices.fee(usage.prompt_tokens, usage.completion_tokens)
+        record = FeeRecord(
+            request_id=ctx.request_id,
+            user=ctx.user,
+            model=str(ctx.request.get("model") or self.core.service.model)[:256],
+            endpoint=ctx.endpoint,
+            stream=stream,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            input_price=ctx.prices.input,
+            output_price=ctx.prices.output,
+            fee=fee,
+            response_id=response_id[:128] if response_id else None,
+            status=status,
+            created_at=utcnow(),
+        )
+        await self.core.writer.write(record)
+        ctx.reservation.charge(fee)
+        self.core.metrics.fees.inc(fee)
+        self.core.metrics.unsettled.inc(fee)
+        self.core.metrics.charged.labels(status).inc()
+
+    async def _read_all(self, upstream: Response) -> bytes:
+        try:
+            return await upstream.read()
+        except (OSError, TimeoutError):
+            raise self._broken() from None
+
+    def _broken(self) -> UpstreamError:
+        self.core.metrics.upstream_errors.labels("broken").inc()
+        return UpstreamError("the service's answer broke off", code="upstream_broken")
+
+    async def _whole(self, send: Any, upstream: Response, ctx: _Charge) -> None:
+        data = await self._read_all(upstream)
+        usage, response_id = read_json_response(data)
+        response_id = upstream.headers.get("zg-res-key") or response_id
+        status = "complete"
+        if usage is None:
+            status = "estimated"
+            usage = Usage(billing.prompt_tokens_lower_bound(ctx.request), _completion_lower_bound(data))
+        await self._record(ctx, usage, response_id, status, stream=False)
+        out = _pool_headers(upstream)
+        out.append((b"content-length", str(len(data)).encode()))
+        if response_id:
+            out += [(RES_KEY, response_id.encode("latin-1", "replace")), _EXPOSE]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        await send({"type": "http.response.body", "body": data})
+
+    async def _stream(self, receive: Any, send: Any, upstream: Response, ctx: _Charge) -> None:
+        meter = StreamMeter()
+        held: list[bytes] = []
+        held_content = 0
+        response_id = upstream.headers.get("zg-res-key")
+        if not response_id:
+            # The id is in the first event: hold the bytes until it shows (the header goes first).
+            try:
+                while chunk := await upstream.readany():
+                    held.append(chunk)
+                    held_content += meter.feed(chunk)
+                    if meter.response_id or meter.done:
+                        break
+            except (OSError, TimeoutError):
+                raise self._broken() from None
+            response_id = meter.response_id
+        out = _pool_headers(upstream)
+        if response_id:
+            out += [(RES_KEY, response_id.encode("latin-1", "replace")), _EXPOSE]
+        await send({"type": "http.response.start", "status": 200, "headers": out})
+        watcher = asyncio.ensure_future(receive())
+        delivered = 0
+        recorded = False
+        disconnected = False
+        try:
+
+            async def deliver(chunk: bytes, content: int) -> bool:
+                nonlocal recorded, delivered, disconnected
+                if watcher.done():
+                    disconnected = True
+                    return False
+                if meter.done and not recorded and not meter.errored:
+                    # The final bytes: the record is committed before they leave.
+                    recorded = True
+                    try:
+                        await self._finish(ctx, meter, delivered + content, response_id, disconnected=False)
+                    except ZgError as exc:
+                        await send({"type": "http.response.body", "body": _sse_error(exc), "more_body": True})
+                        return False
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                delivered += content
+                return True
+
+            ok = True
+            if held:
+                ok = await deliver(b"".join(held), held_content)
+            if ok:
+                try:
+                    while chunk := await upstream.readany():
+                        if not await deliver(chunk, meter.feed(chunk)):
+                            break
+                except (OSError, TimeoutError):
+                    # The service vanished mid-stream: a failed call, not charged; say so in the stream.
+                    meter.errored = True
+                    if not watcher.done():
+                        await send({"type": "http.response.body", "body": _sse_error(self._broken())})
+                        return
+            if not recorded and (disconnected or not meter.errored):
+                recorded = True
+                try:
+                    await self._finish(ctx, meter, delivered, response_id, disconnected=disconnected)
+                except ZgError as exc:
+                    if not disconnected:
+                        await send({"type": "http.response.body", "body": _sse_error(exc)})
+                    return
+            if not disconnected:
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()
+
+    async def _finish(
+        self, ctx: _Charge, meter: StreamMeter, delivered: int, response_id: str | None, *, disconnected: bool
+    ) -> None:
+        usage = meter.usage
+        if disconnected or usage is None:
+            prompt = usage.prompt_tokens if usage else billing.prompt_tokens_lower_bound(ctx.request)
+            completion = min(delivered, usage.completion_tokens) if usage else delivered
+            status = "disconnected" if disconnected else "estimated"
+            usage = Usage(prompt, completion)
+        else:
+            status = "complete"
+        if disconnected:
+            logger.info(
+                "stream cut by the client after %d content events; charging what was delivered", delivered
+            )
+        await self._record(ctx, usage, response_id, status, stream=True)
+
+
+class _Charge:
+    """Per-request facts carried from admission to the record."""
+
+    __slots__ = ("endpoint", "prices", "request", "request_id", "reservation", "user")
+
+    def __init__(
+        self, user: str, endpoint: str, request: dict[str, Any], prices: Prices, reservation: Reservation
+    ):
+        self.request_id = uuid.uuid4().hex
+        self.user = user
+        self.endpoint = endpoint
+        self.request = request
+        self.prices = prices
+        self.reservation = reservation
+
+
+def _completion_lower_bound(body: bytes) -> int:
+    try:
+        obj = json.loads(body)
+        chars = sum(
+            len((c.get("message") or {}).get("content") or c.get("text") or "")
+            for c in obj.get("choices", [])
+        )
+    except (ValueError, AttributeError, TypeError):
+        return 0
+    return int(chars // 4)
+
+
+def _sse_error(exc: ZgError) -> bytes:
+    return encode_event(json.dumps(error_body(exc.message, exc.type, exc.code)).encode()) + DONE_EVENT
