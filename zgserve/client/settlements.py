@@ -8,6 +8,7 @@ together with the service's signatures of them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -55,11 +56,11 @@ async def held_responses(
             continue
         text: str | None = None
         signature: str | None = None
-        try:
+        # A signature expired from the service's store leaves text/signature None: the
+        # receipt is still matched by id and usage.
+        with contextlib.suppress(NotFound):
             record = await user.fetch_signature(provider, chat_id)
             text, signature = record.text, record.signature
-        except NotFound:
-            pass  # expired from the service's store: the receipt is still matched by id and usage
         try:
             held.append(
                 HeldResponse.from_exchange(

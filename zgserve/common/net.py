@@ -17,7 +17,11 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-async def wait_http(url: str, timeout: float = 30.0, expect_status: int | None = None) -> None:
+async def wait_http(
+    url: str,
+    timeout: float = 30.0,  # noqa: ASYNC109 - a polling deadline, not a cancellation scope
+    expect_status: int | None = None,
+) -> None:
     """Poll ``url`` until it answers (any status, or ``expect_status``) or raise TimeoutError."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
@@ -27,7 +31,7 @@ async def wait_http(url: str, timeout: float = 30.0, expect_status: int | None =
                 async with session.get(url) as resp:
                     if expect_status is None or resp.status == expect_status:
                         return
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 last = exc
             await asyncio.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
