@@ -1,0 +1,249 @@
+"""The whole user journey with the Python client, against real servers on the devnet.
+
+verifiable service (simulated TEE) -> broker (registered on-chain, owner-acknowledged,
+settlement engine) <- a user with :class:`UserClient` and the ``openai`` package:
+fund a ledger, list providers, acknowledge, one non-streamed and one streamed chat,
+verify both signatures against the exact bytes and the content against what the
+``openai`` package returned, request a refund; then the provider settles, the chain
+shows exactly the recorded fees moved from the user to the provider, and the user's
+audit of the settlement (receipts, Merkle proofs, signatures) against the answers it
+kept passes.
+
+Runs twice: on the small fake backend, and (marker ``llama``) on the embedded
+llama.cpp server with SmolLM2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import uvicorn
+
+from tests.fakes.openai_backend import FakeOpenAIBackend
+from zgserve.broker.app import create_app as create_broker
+from zgserve.broker.settings import load_settings as load_broker_settings
+from zgserve.client.openai_client import ExchangeRecorder
+from zgserve.client.provider import response_signer, sdk_would_verify
+from zgserve.client.responses import answer_text, usage
+from zgserve.client.user import UserClient
+from zgserve.common.money import OG
+from zgserve.common.net import free_port
+from zgserve.devnet.network import Devnet
+from zgserve.service.app import create_app as create_service
+from zgserve.service.settings import load_settings as load_service_settings
+
+pytestmark = pytest.mark.slow
+
+INPUT_PRICE = 1_000_000_000
+OUTPUT_PRICE = 2_000_000_000
+DEPOSIT = 10 * OG
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
+    """Run an ASGI app with uvicorn in this event loop; yields its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during start-up")
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def backend(kind: str) -> AsyncIterator[tuple[str | None, str]]:
+    """(target URL for the service, model name): the fake backend, or None for embedded llama.cpp."""
+    if kind == "fake":
+        async with FakeOpenAIBackend() as fake:
+            yield fake.url, "fake-model"
+    else:
+        yield None, "SmolLM2-135M-Instruct"
+
+
+@contextlib.asynccontextmanager
+async def provider_stack(devnet: Devnet, tmp_path: Path, kind: str) -> AsyncIterator[tuple[str, str]]:
+    """Service + broker for a fresh provider; yields (provider address, broker URL)."""
+    async with backend(kind) as (target, model):
+        service_settings = load_service_settings(
+            target_url=target, tee="simulated", gpu_evidence="off", store_path=tmp_path / "signatures.sqlite3"
+        )
+        async with serve(create_service(service_settings)) as service_url:
+            provider = await devnet.new_account()
+            port = free_port()
+            settings = load_broker_settings(
+                None,
+                servingUrl=f"http://127.0.0.1:{port}",
+                targetUrl=service_url + "/v1",
+                model=model,
+                inputPrice=INPUT_PRICE,
+                outputPrice=OUTPUT_PRICE,
+                privateKeys=[provider.private_key],
+                network={"deployment": str(devnet.deployment.save(tmp_path / "deployment.json"))},
+                database={"url": f"sqlite+aiosqlite:///{tmp_path}/broker.db"},
+                tee={"backend": "simulated", "keyFile": str(tmp_path / "broker-tee.json")},
+                auth={"accountCacheSeconds": 0.5},
+            )
+            app = create_broker(settings)  # the production wiring: settlement engine included
+            async with serve(app, port) as broker_url:
+                # The contract owner vouches for the provider's TEE signer (as on testnet/mainnet).
+                owner = devnet.chain.inference(devnet.owner_wallet())
+                await owner.acknowledge_tee_signer_by_owner(provider.address)
+                yield provider.address, broker_url
+
+
+@pytest.mark.parametrize("kind", ["fake", pytest.param("llama", marks=pytest.mark.llama)])
+async def test_python_user_journey(devnet: Devnet, tmp_path: Path, kind: str) -> None:
+    async with provider_stack(devnet, tmp_path, kind) as (provider, broker_url):
+        user_key = (await devnet.new_account()).private_key
+        async with UserClient(devnet.chain, user_key) as user:
+            # Fund, discover, acknowledge (the first transfer creates an acknowledged account).
+            await user.deposit(DEPOSIT)
+            services = {s.provider: s for s in await user.list_providers()}
+            assert provider in services
+            service = services[provider]
+            assert service.url == broker_url
+            assert sdk_would_verify(service) is None  # processResponse would check this service
+            await user.acknowledge(provider)
+            await user.ensure_funds(provider)  # as the SDK does before each request
+            transferred = (await user.get_account(provider)).balance  # type: ignore[union-attr]
+            assert transferred >= 2 * OG
+
+            recorder = ExchangeRecorder()
+            messages: Any = [{"role": "user", "content": "Name three colours of the rainbow."}]
+
+            # Non-streamed, with the synchronous client (run off the event loop).
+            sync_client = await user.openai(provider, recorder=recorder, max_retries=0)
+            completion = await asyncio.to_thread(
+                sync_client.chat.completions.create, model=service.model, messages=messages, max_tokens=24
+            )
+            sync_client.close()
+            plain = recorder.last
+            assert plain.chat_id == completion.id
+            assert plain.response_headers.get("zg-res-key") == completion.id
+
+            # Streamed, with the async client (usage requested in the last event).
+            async_client = await user.async_openai(provider, recorder=recorder, max_retries=0)
+            stream = await async_client.chat.completions.create(
+                model=service.model,
+                messages=messages,
+                max_tokens=24,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            streamed_text = "".join(
+                [c.choices[0].delta.content or "" async for c in stream if c.choices]  # type: ignore[misc]
+            )
+            await async_client.close()
+            streamed = recorder.last
+            assert streamed.streamed
+            assert streamed.complete
+
+            # Signatures over the exact bytes, by the service's attested key; content as received.
+            for exchange, text in ((plain, completion.choices[0].message.content), (streamed, streamed_text)):
+                check = await user.verify_response(provider, exchange)
+                assert check.verified, check.render()
+                assert answer_text(exchange) == text
+                assert text
+                record = await user.fetch_signature(provider, exchange.chat_id or "")
+                assert (record.signing_address or "").lower() == response_signer(service).lower()
+
+            # The fees the broker recorded are the token counts times the on-chain prices.
+            expected = 0
+            for exchange in (plain, streamed):
+                tokens = usage(exchange)
+                assert tokens is not None, "usage missing from the response bytes"
+                expected += tokens["prompt_tokens"] * INPUT_PRICE + tokens["completion_tokens"] * OUTPUT_PRICE
+            assert expected > 0
+            assert await user.unsettled_fee(provider) == expected
+
+            # Refund request: the whole account balance starts its lock time.
+            await user.request_refund([provider])
+            account = await user.get_account(provider)
+            assert account is not None
+            assert account.pending_refund == account.balance == transferred
+
+            # The provider settles; the chain moves exactly the recorded fees.
+            provider_before = await devnet.chain.balance(provider)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(broker_url + "/v1/settle", json={}) as resp,
+            ):
+                report = json.loads(await resp.read())
+                assert resp.status == 200, report
+            assert {s["status"] for s in report["settlements"]} == {"success"}, report
+            gas = 0
+            for tx in report["transactions"]:
+                tx_hash = tx["tx_hash"] if isinstance(tx, dict) else tx
+                receipt = await devnet.chain.get_receipt(tx_hash)
+                assert receipt is not None
+                if receipt.sender == provider:
+                    gas += receipt.fee
+            assert await devnet.chain.balance(provider) - provider_before + gas == expected
+            assert await user.unsettled_fee(provider) == 0
+
+            # The user audits the settlement against the answers it kept: receipts, proofs, signatures.
+            audit = await user.audit_settlements(provider, recorder.exchanges)
+            assert audit.ok, [r.problems for r in audit.reports]
+            assert len(audit.settlements) == 1
+            assert audit.reports[0].receipts == 2
+            assert audit.total_fee == expected
+            # Without the answers, the receipts cannot be matched: the audit says so.
+            blind = await user.audit_settlements(provider)
+            assert not blind.ok
+
+            # What the user can still get back: the deposit minus the fees, to the neuron.
+            account = await user.get_account(provider)
+            ledger = await user.get_ledger()
+            assert account is not None
+            assert ledger is not None
+            assert account.balance == transferred - expected
+            assert account.pending_refund == transferred - expected  # fees ate into the refund
+            assert ledger.total_balance == DEPOSIT - expected
+            assert ledger.available_balance + account.pending_refund == DEPOSIT - expected
+
+
+async def test_cli_chat_and_verify(devnet: Devnet, tmp_path: Path) -> None:
+    """``zgserve user chat`` and ``verify`` against the same stack, as a user would run them."""
+    import typer
+    from typer.testing import CliRunner
+
+    from zgserve.client.cli import register
+
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    register(app)
+    deployment_file = devnet.deployment.save(tmp_path / "user-deployment.json")
+    user_key = (await devnet.new_account()).private_key
+
+    async def run(*args: str) -> tuple[int, str]:
+        argv = ["user", "--deployment", str(deployment_file), "--key", user_key, *args]
+        result = await asyncio.to_thread(CliRunner().invoke, app, argv, catch_exceptions=False)
+        return result.exit_code, result.output
+
+    async with provider_stack(devnet, tmp_path, "fake") as (provider, _):
+        assert (await run("deposit", "5"))[0] == 0
+        assert (await run("acknowledge", provider))[0] == 0
+        for extra in ([], ["--stream"]):
+            code, output = await run("chat", provider, "Hello there", "--max-tokens", "16", *extra)
+            assert code == 0, output
+            assert "RESULT: verified" in output
+            assert "PASS         response hash" in output
+        code, output = await run("verify", provider, "--offline")
+        # The quote binds the on-chain signer, but a simulated TEE is never reported as attested.
+        assert "PASS         /v1/quote report_data is the on-chain TEE signer" in output
+        assert "SIMULATED" in output
+        assert code == 1, output
