@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # Components whose ``cli.register(app)`` adds commands; listed once, here.
-COMPONENTS = ("devnet", "service", "broker", "client", "stack")
+COMPONENTS = ("devnet", "service", "broker", "broker.settlement", "client", "stack")
 
 
 @app.callback()

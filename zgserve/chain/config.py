@@ -50,7 +50,10 @@ class TxPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     gas_buffer_percent: int = Field(default=25, ge=0, le=500)
-    gas_price_buffer_percent: int = Field(default=10, ge=0, le=500)
+    # 0 by default: eth_gasPrice already carries the node's tip suggestion, and nodes that
+    # derive that suggestion from recent tips (anvil does) would otherwise see every
+    # transaction's markup come back in the next suggestion and climb ~10% per transaction.
+    gas_price_buffer_percent: int = Field(default=0, ge=0, le=500)
     gas_price_floor: int = Field(default=0, ge=0)
     gas_price_cap: int | None = Field(default=None, ge=1)
     max_retries: int = Field(default=4, ge=0, le=20)

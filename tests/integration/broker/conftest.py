@@ -149,6 +149,8 @@ def start_broker(devnet: Devnet, deployment_file: Path, service_url: str, tmp_pa
             "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/broker-{port}.db"},
             "tee": {"backend": "simulated", "keyFile": str(tmp_path / f"tee-{port}.json")},
             "auth": {"accountCacheSeconds": 0.5},
+            # The settlement loop has its own suites; here fees stay unsettled unless a test settles.
+            "settlement": {"enabled": False},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):

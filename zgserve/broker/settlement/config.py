@@ -30,7 +30,7 @@ class SettlementConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True)
 
-    enabled: bool = False
+    enabled: bool = True
     interval_seconds: float = Field(default=60.0, gt=0)
     settle_on_shutdown: bool = False
     # policy (see zgserve.broker.settlement.policy)
