@@ -1,10 +1,7 @@
 """Request authentication: the SDK's ``app-sk-`` bearer tokens and the legacy session headers.
 
-Token format (SDK 0.9.0, spec §4)::
-
-    Authorization: Bearer app-sk-<base64(rawMessage + "|" + signature)>
-    rawMessage = {"address","provider","timestamp","expiresAt","nonce","generation","tokenId"}
-    signature  = personal_sign(keccak256(utf8(rawMessage)))   # the 32 hash bytes are the message
+The token's wire format lives in :mod:`zgserve.common.tokens`; here its format
+errors become :class:`MalformedToken` (401) and the checks below are applied.
 
 Checks, in order, each with its own error: decoding, signature recovers to
 ``address``, ``provider`` is us (case-insensitive), not expired, the account
@@ -19,16 +16,9 @@ chain state are checked on every request.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-from eth_hash.auto import keccak
 
 from zgserve.broker.accounts import AccountCache, CachedAccount
 from zgserve.broker.errors import (
@@ -44,29 +34,30 @@ from zgserve.broker.errors import (
 )
 from zgserve.chain.types import Account
 from zgserve.common.errors import ZgError
-from zgserve.common.signing import recover_address
+from zgserve.common.tokens import (
+    EPHEMERAL_TOKEN_ID,
+    TOKEN_PREFIX,
+    SessionToken,
+    TokenFormatError,
+    decode_api_key,
+    now_ms,
+    token_signer,
+)
+from zgserve.common.tokens import token_hash as token_digest_message
 
-TOKEN_PREFIX = "app-sk-"
-EPHEMERAL_TOKEN_ID = 255
-
-
-@dataclass(frozen=True, slots=True)
-class SessionToken:
-    """The claims of a verified token. ``user`` is the lower-case address."""
-
-    user: str
-    address: str
-    provider: str
-    timestamp: int
-    expires_at: int
-    nonce: str
-    generation: int
-    token_id: int
-    legacy: bool = False
-
-    @property
-    def ephemeral(self) -> bool:
-        return self.token_id == EPHEMERAL_TOKEN_ID
+__all__ = [
+    "EPHEMERAL_TOKEN_ID",
+    "TOKEN_PREFIX",
+    "AuthResult",
+    "Authenticator",
+    "SessionToken",
+    "TokenVerifier",
+    "check_account",
+    "decode_bearer",
+    "parse_claims",
+    "recover_token_signer",
+    "token_digest_message",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,76 +74,25 @@ def decode_bearer(authorization: str) -> tuple[str, str]:
     if scheme.lower() != "bearer" or not credential.startswith(TOKEN_PREFIX):
         raise MalformedToken("Authorization must be 'Bearer app-sk-...'")
     try:
-        decoded = base64.b64decode(credential[len(TOKEN_PREFIX) :], validate=True).decode("utf-8")
-    except (binascii.Error, ValueError):
-        raise MalformedToken("the token is not base64 of UTF-8 text") from None
-    raw, sep, signature = decoded.rpartition("|")
-    if not sep or not raw or not signature:
-        raise MalformedToken("the token is not 'message|signature'")
-    return raw, signature
-
-
-def token_digest_message(raw_message: str) -> bytes:
-    """What the user signs with personal_sign: the 32 bytes of keccak256(rawMessage)."""
-    return bytes(keccak(raw_message.encode("utf-8")))
+        return decode_api_key(credential)
+    except TokenFormatError as exc:
+        raise MalformedToken(str(exc)) from None
 
 
 def recover_token_signer(raw_message: str, signature: str) -> str:
     """The checksummed address that signed ``raw_message``; raises :class:`BadSignature`."""
     try:
-        return recover_address(token_digest_message(raw_message), signature)
+        return token_signer(raw_message, signature)
     except ValueError:
         raise BadSignature("the token signature is malformed or does not recover") from None
-
-
-def _int_claim(claims: Mapping[str, Any], key: str, default: int | None = None) -> int:
-    value = claims.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
-        raise MalformedToken(f"token field {key!r} must be an integer")
-    return value
 
 
 def parse_claims(raw_message: str, *, legacy: bool = False) -> SessionToken:
     """The claims of a token message (JSON); raises :class:`MalformedToken`."""
     try:
-        claims = json.loads(raw_message)
-    except ValueError:
-        raise MalformedToken("the token message is not JSON") from None
-    if not isinstance(claims, dict):
-        raise MalformedToken("the token message is not a JSON object")
-    address, provider = claims.get("address"), claims.get("provider")
-    if not isinstance(address, str) or not _is_address(address):
-        raise MalformedToken("token field 'address' must be an address")
-    if not isinstance(provider, str):
-        raise MalformedToken("token field 'provider' must be an address")
-    nonce = claims.get("nonce", "")
-    token_id = _int_claim(claims, "tokenId", EPHEMERAL_TOKEN_ID)
-    if not 0 <= token_id <= EPHEMERAL_TOKEN_ID:
-        raise MalformedToken("token field 'tokenId' must be 0..255")
-    return SessionToken(
-        user=address.lower(),
-        address=address,
-        provider=provider,
-        timestamp=_int_claim(claims, "timestamp", 0),
-        expires_at=_int_claim(claims, "expiresAt", 0),
-        nonce=str(nonce),
-        # Legacy session tokens carry no generation: treated as 0, so revokeAllTokens ends them too.
-        generation=_int_claim(claims, "generation", 0),
-        token_id=token_id,
-        legacy=legacy,
-    )
-
-
-def _is_address(value: str) -> bool:
-    if len(value) != 42 or not value.startswith(("0x", "0X")):
-        return False
-    try:
-        int(value[2:], 16)
-    except ValueError:
-        return False
-    return True
+        return SessionToken.from_raw_message(raw_message, legacy=legacy)
+    except TokenFormatError as exc:
+        raise MalformedToken(str(exc)) from None
 
 
 def check_account(token: SessionToken, account: Account | None) -> Account:
@@ -223,7 +163,7 @@ class Authenticator:
         verifier: TokenVerifier,
         accounts: AccountCache,
         *,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = now_ms,
     ) -> None:
         self.verifier = verifier
         self.accounts = accounts

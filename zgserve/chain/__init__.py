@@ -42,7 +42,7 @@ from zgserve.chain.errors import (
     TooManyRefunds,
     TransactionFailed,
 )
-from zgserve.chain.inference import EPHEMERAL_TOKEN_ID, MAX_SETTLEMENTS_PER_CALL, InferenceServing
+from zgserve.chain.inference import MAX_SETTLEMENTS_PER_CALL, InferenceServing
 from zgserve.chain.ledger import MIN_LEDGER_BALANCE, MIN_TRANSFER_AMOUNT, LedgerManager
 from zgserve.chain.tx import ContractCall, Receipt, SignedTx
 from zgserve.chain.types import (
@@ -58,6 +58,7 @@ from zgserve.chain.types import (
     TEESettlementData,
 )
 from zgserve.chain.wallet import Wallet
+from zgserve.common.tokens import EPHEMERAL_TOKEN_ID
 
 __all__ = [
     "ANVIL_CHAIN_ID",

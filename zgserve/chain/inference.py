@@ -20,7 +20,6 @@ from zgserve.chain.types import (
 MAX_SETTLEMENTS_PER_CALL = 50
 # getBatchAccountsByUsers accepts at most this many users per call.
 MAX_BATCH_USERS = 500
-EPHEMERAL_TOKEN_ID = 255
 
 
 class InferenceServing(BoundContract):

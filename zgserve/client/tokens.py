@@ -1,11 +1,9 @@
 """Request auth tokens, built exactly as the official SDK (0.9.0) builds them.
 
-A token is the JSON text ``rawMessage`` with the fixed key order
-``{address, provider, timestamp, expiresAt, nonce, generation, tokenId}``, signed
-with EIP-191 ``personal_sign`` over the 32 raw bytes of ``keccak256(rawMessage)``.
-It travels as ``Authorization: Bearer app-sk-<base64(rawMessage + "|" + signature)>``
-or, for the provider's log endpoints, as the legacy ``Address`` /
-``Session-Token`` / ``Session-Signature`` headers.
+The wire format (claims, JSON text, ``app-sk-`` encoding, signed digest) is
+:mod:`zgserve.common.tokens`; this module makes and signs tokens. A token travels as
+``Authorization: Bearer app-sk-...`` or, for the provider's log endpoints, as the
+legacy ``Address`` / ``Session-Token`` / ``Session-Signature`` headers.
 
 Two kinds exist:
 
@@ -18,22 +16,40 @@ Two kinds exist:
 
 from __future__ import annotations
 
-import base64
-import json
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from eth_account import Account
-from eth_account.messages import encode_defunct
-from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
+from zgserve.common import tokens as wire
+from zgserve.common.signing import Signer
+from zgserve.common.tokens import (
+    EPHEMERAL_TOKEN_ID,
+    MAX_API_KEY_ID,
+    TOKEN_PREFIX,
+    SessionToken,
+    TokenFormatError,
+    now_ms,
+)
 
-TOKEN_PREFIX = "app-sk-"
-EPHEMERAL_TOKEN_ID = 255
-MAX_API_KEY_ID = 254
+__all__ = [
+    "EPHEMERAL_MAX_DURATION_MS",
+    "EPHEMERAL_REUSE_MARGIN_MS",
+    "EPHEMERAL_TOKEN_ID",
+    "MAX_API_KEY_ID",
+    "TOKEN_PREFIX",
+    "EphemeralTokenCache",
+    "SessionToken",
+    "SignedToken",
+    "TokenError",
+    "api_key_token",
+    "decode_api_key",
+    "ephemeral_token",
+    "lowest_free_token_id",
+    "make_nonce",
+    "now_ms",
+    "sign_token",
+]
+
 EPHEMERAL_MAX_DURATION_MS = 24 * 60 * 60 * 1000
 # The SDK reuses a cached ephemeral token while more than this much time is left.
 EPHEMERAL_REUSE_MARGIN_MS = 60 * 60 * 1000
@@ -43,11 +59,6 @@ _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 class TokenError(ValueError):
     """A token could not be built or decoded."""
-
-
-def now_ms() -> int:
-    """Wall-clock time in milliseconds, the unit of ``timestamp`` and ``expiresAt``."""
-    return time.time_ns() // 1_000_000
 
 
 def make_nonce(timestamp_ms: int, rng: random.Random | None = None) -> str:
@@ -76,42 +87,6 @@ def lowest_free_token_id(revoked_bitmap: int) -> int:
 
 
 @dataclass(frozen=True)
-class SessionToken:
-    """The signed claims. Field names follow Python; :meth:`raw_message` gives the wire JSON."""
-
-    address: str
-    provider: str
-    timestamp: int
-    expires_at: int
-    nonce: str
-    generation: int
-    token_id: int
-
-    @property
-    def ephemeral(self) -> bool:
-        return self.token_id == EPHEMERAL_TOKEN_ID
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The SDK's object, keys in its insertion order."""
-        return {
-            "address": self.address,
-            "provider": self.provider,
-            "timestamp": self.timestamp,
-            "expiresAt": self.expires_at,
-            "nonce": self.nonce,
-            "generation": self.generation,
-            "tokenId": self.token_id,
-        }
-
-    def raw_message(self) -> str:
-        """``JSON.stringify`` of the claims: no spaces, non-ASCII kept as is."""
-        return json.dumps(self.to_json_dict(), separators=(",", ":"), ensure_ascii=False)
-
-    def expired(self, at_ms: int | None = None) -> bool:
-        return self.expires_at != 0 and (now_ms() if at_ms is None else at_ms) > self.expires_at
-
-
-@dataclass(frozen=True)
 class SignedToken:
     """A token with its signature, and the header forms derived from them."""
 
@@ -121,8 +96,7 @@ class SignedToken:
 
     def api_key(self) -> str:
         """``app-sk-<base64>``: what ``createApiKey`` returns and the CLI prints."""
-        payload = f"{self.raw_message}|{self.signature}".encode()
-        return TOKEN_PREFIX + base64.b64encode(payload).decode("ascii")
+        return wire.encode_api_key(self.raw_message, self.signature)
 
     def authorization(self) -> str:
         return f"Bearer {self.api_key()}"
@@ -141,22 +115,21 @@ class SignedToken:
 
     def recover_signer(self) -> str:
         """The checksummed address that signed ``raw_message``."""
-        message = encode_defunct(primitive=keccak(text=self.raw_message))
-        signer: str = Account.recover_message(message, signature=self.signature)
-        return to_checksum_address(signer)
+        return wire.token_signer(self.raw_message, self.signature)
+
+
+def _signer(private_key: str | bytes) -> Signer:
+    return Signer.from_hex(private_key) if isinstance(private_key, str) else Signer(private_key)
+
+
+def _sign(token: SessionToken, signer: Signer) -> SignedToken:
+    raw = token.raw_message()
+    return SignedToken(token=token, raw_message=raw, signature=signer.sign_digest(wire.token_digest(raw)))
 
 
 def sign_token(token: SessionToken, private_key: str | bytes) -> SignedToken:
     """Sign ``token`` as the SDK does: ``signMessage(keccak256(utf8(rawMessage)))``."""
-    raw = token.raw_message()
-    message = encode_defunct(primitive=keccak(text=raw))
-    signed = Account.sign_message(message, private_key=private_key)
-    return SignedToken(token=token, raw_message=raw, signature="0x" + bytes(signed.signature).hex())
-
-
-def _address_of(private_key: str | bytes) -> str:
-    address: str = Account.from_key(private_key).address
-    return address
+    return _sign(token, _signer(private_key))
 
 
 def ephemeral_token(
@@ -173,9 +146,10 @@ def ephemeral_token(
         duration_ms = EPHEMERAL_MAX_DURATION_MS
     if duration_ms > EPHEMERAL_MAX_DURATION_MS:
         raise TokenError(f"ephemeral tokens last at most 24 h ({EPHEMERAL_MAX_DURATION_MS} ms)")
+    signer = _signer(private_key)
     ts = now_ms() if timestamp_ms is None else timestamp_ms
     token = SessionToken(
-        address=_address_of(private_key),
+        address=signer.address,
         provider=provider,
         timestamp=ts,
         expires_at=ts + duration_ms,
@@ -183,7 +157,7 @@ def ephemeral_token(
         generation=generation,
         token_id=EPHEMERAL_TOKEN_ID,
     )
-    return sign_token(token, private_key)
+    return _sign(token, signer)
 
 
 def api_key_token(
@@ -208,9 +182,10 @@ def api_key_token(
         raise TokenError(f"API-key id must be 0..{MAX_API_KEY_ID}, got {token_id}")
     elif revoked_bitmap >> token_id & 1:
         raise TokenError(f"API-key id {token_id} is already revoked; pick another or revoke all tokens")
+    signer = _signer(private_key)
     ts = now_ms() if timestamp_ms is None else timestamp_ms
     token = SessionToken(
-        address=_address_of(private_key),
+        address=signer.address,
         provider=provider,
         timestamp=ts,
         expires_at=ts + duration_ms if duration_ms > 0 else 0,
@@ -218,39 +193,22 @@ def api_key_token(
         generation=generation,
         token_id=token_id,
     )
-    return sign_token(token, private_key)
+    return _sign(token, signer)
 
 
 def decode_api_key(text: str) -> SignedToken:
-    """Decode ``[Bearer ]app-sk-<base64>`` back into its token and signature (no checks).
+    """Decode ``[Bearer ]app-sk-<base64>`` back into its token and signature (signature not checked).
 
     Use :meth:`SignedToken.recover_signer` to check who signed it.
     """
     text = text.strip()
     if text.lower().startswith("bearer "):
         text = text[7:].strip()
-    if not text.startswith(TOKEN_PREFIX):
-        raise TokenError(f"not an {TOKEN_PREFIX} token")
     try:
-        payload = base64.b64decode(text[len(TOKEN_PREFIX) :], validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TokenError(f"token is not valid base64 UTF-8: {exc}") from exc
-    raw, sep, signature = payload.rpartition("|")
-    if not sep:
-        raise TokenError("token has no '|' between message and signature")
-    try:
-        claims = json.loads(raw)
-        token = SessionToken(
-            address=str(claims["address"]),
-            provider=str(claims["provider"]),
-            timestamp=int(claims["timestamp"]),
-            expires_at=int(claims["expiresAt"]),
-            nonce=str(claims["nonce"]),
-            generation=int(claims["generation"]),
-            token_id=int(claims["tokenId"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise TokenError(f"token message is not the expected JSON: {exc}") from exc
+        raw, signature = wire.decode_api_key(text)
+        token = SessionToken.from_raw_message(raw)
+    except TokenFormatError as exc:
+        raise TokenError(str(exc)) from exc
     return SignedToken(token=token, raw_message=raw, signature=signature)
 
 

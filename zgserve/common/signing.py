@@ -119,9 +119,14 @@ def _signature_bytes(signature: str) -> bytes:
 
 def recover_address(text: str | bytes, signature: str) -> str:
     """The EIP-55 address that produced ``signature`` over ``text``; raises ValueError if malformed."""
+    return recover_digest_address(eip191_digest(text), signature)
+
+
+def recover_digest_address(digest: bytes, signature: str) -> str:
+    """The EIP-55 address that signed a 32-byte digest; raises ValueError if malformed."""
     try:
         public_key = coincurve.PublicKey.from_signature_and_message(
-            _signature_bytes(signature), eip191_digest(text), hasher=None
+            _signature_bytes(signature), digest, hasher=None
         )
     except ValueError:
         raise

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from tests.sdk_token_example import PROVIDER, RAW, USER
+from tests.sdk_token_example import SIGNATURE as SIG
 from zgserve.broker.accounts import AccountCache
 from zgserve.broker.auth import (
     Authenticator,
@@ -30,20 +32,6 @@ from zgserve.broker.errors import (
 )
 from zgserve.chain.types import Account
 from zgserve.common.signing import Signer, eip191_digest
-
-# Spec §4 worked example, captured from SDK 0.9.0.
-RAW = (
-    '{"address":"0x90F79bf6EB2c4f870365E785982E1f101E93b906",'
-    '"provider":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8",'
-    '"timestamp":1795332035806,"expiresAt":1795418435806,'
-    '"nonce":"1795332035806-cxvhr6gx7k00000000","generation":0,"tokenId":255}'
-)
-SIG = (
-    "0xe9e8c23c2b60455081f8ed1273a94bf125bb67a76b7546247ba23e9975bd4513"
-    "146c7a2078bd87e7379056e7ef1e14c7b2fa3e9a444e9942768a36009c9af5951c"
-)
-PROVIDER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-USER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
 
 
 def bearer(raw: str, sig: str) -> str:

@@ -11,6 +11,7 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_utils import keccak
 
+from tests.sdk_token_example import DIGEST, PROVIDER, RAW, RAW_KECCAK, SIGNATURE, USER, USER_KEY
 from zgserve.client import tokens
 from zgserve.client.tokens import (
     EphemeralTokenCache,
@@ -22,23 +23,6 @@ from zgserve.client.tokens import (
     lowest_free_token_id,
     make_nonce,
     sign_token,
-)
-
-# anvil account #3; its address is the example's user.
-USER_KEY = "0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6"
-USER = "0x90F79bf6EB2c4f870365E785982E1f101E93b906"
-PROVIDER = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8"
-RAW = (
-    '{"address":"0x90F79bf6EB2c4f870365E785982E1f101E93b906",'
-    '"provider":"0x70997970C51812dc3A010C7d01b50e0d17dc79C8",'
-    '"timestamp":1795332035806,"expiresAt":1795418435806,'
-    '"nonce":"1795332035806-cxvhr6gx7k00000000","generation":0,"tokenId":255}'
-)
-RAW_KECCAK = "37d474091b1e95f22fb8c90234024fe84fcf371f5c998f9bda19f64c1e40c874"
-DIGEST = "c3b4cecfdca2208ea314a92e0ef7639a4b8c806e964cc7113a7f1ede023b9128"
-SIGNATURE = (
-    "0xe9e8c23c2b60455081f8ed1273a94bf125bb67a76b7546247ba23e9975bd4513"
-    "146c7a2078bd87e7379056e7ef1e14c7b2fa3e9a444e9942768a36009c9af5951c"
 )
 
 
