@@ -103,7 +103,7 @@ async def dstack_socket(tmp_path: Path) -> AsyncIterator[Path]:
         os.unlink(path)
 
 
-async def test_dstack_derives_a_stable_key_and_quotes(dstack_socket: Path) -> None:
+async def test_dstack_fake_guest_agent_derives_a_stable_key_and_quotes(dstack_socket: Path) -> None:
     tee = get_tee_backend("auto", dstack_socket=dstack_socket)
     assert isinstance(tee, DstackTee)
     try:
@@ -172,7 +172,7 @@ class FakeNvml:
         )
 
 
-async def test_nvml_evidence_is_nonce_checked_and_serialised() -> None:
+async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised() -> None:
     nvml = FakeNvml()
     source = detect(nvml)
     assert source is not None
@@ -185,7 +185,7 @@ async def test_nvml_evidence_is_nonce_checked_and_serialised() -> None:
         assert set(payload["evidence_list"][0]) == {"certificate", "evidence"}
 
 
-async def test_nvml_wrong_nonce_and_cc_off_are_refused() -> None:
+async def test_nvml_fake_driver_wrong_nonce_and_cc_off_are_refused() -> None:
     with pytest.raises(AttestationError, match="nonce"):
         await NvmlGpuEvidence(FakeNvml(echo_nonce=False)).evidence(NONCE)
     assert detect(FakeNvml(cc=0)) is None

@@ -51,7 +51,7 @@ async def test_simulated_report_is_marked_in_every_evidence_field() -> None:
     assert "all_attestations" not in report["all_attestations"][0]
 
 
-async def test_gpu_evidence_uses_the_same_nonce() -> None:
+async def test_fake_gpu_evidence_is_requested_with_the_same_nonce() -> None:
     service = ReportService(SimulatedTee(), StaticGpu(), Signer.generate().address)
     payload = json.loads((await service.report(NONCE))["nvidia_payload"])
     assert payload["nonce"] == NONCE.hex()

@@ -190,7 +190,7 @@ async def fake_nras() -> AsyncIterator[tuple[str, dict[str, Any]]]:
         await runner.cleanup()
 
 
-async def test_nras_verdict_with_published_keys(fake_nras: tuple[str, dict[str, Any]]) -> None:
+async def test_fake_nras_verdict_with_published_keys(fake_nras: tuple[str, dict[str, Any]]) -> None:
     base, control = fake_nras
     urls = (f"{base}/v3/attest/gpu", f"{base}/.well-known/jwks.json")
     async with aiohttp.ClientSession() as session:
