@@ -278,6 +278,18 @@ class ChainClient:
             raise
         return Receipt.from_rpc(r) if r is not None else None
 
+    async def any_receipt(self, tx_hashes: Sequence[str]) -> Receipt | None:
+        """The receipt of the first of ``tx_hashes`` that is mined, or None.
+
+        For the candidates of one sender nonce (a transaction and its replacements),
+        at most one can ever be mined.
+        """
+        for tx_hash in tx_hashes:
+            receipt = await self.get_receipt(tx_hash)
+            if receipt is not None:
+                return receipt
+        return None
+
     async def wait_receipt(
         self,
         tx_hash: str,
@@ -286,17 +298,31 @@ class ChainClient:
         check: bool = True,
     ) -> Receipt:
         """Poll for the receipt; raise :class:`ReceiptTimeout`, or the revert reason when ``check``."""
+        receipt = await self.wait_any_receipt([tx_hash], timeout)
+        if check and receipt.status != 1:
+            await self._raise_failure(receipt)
+        return receipt
+
+    async def wait_any_receipt(
+        self,
+        tx_hashes: Sequence[str],
+        timeout: float | None = None,  # noqa: ASYNC109 - the timeout names the tx in ReceiptTimeout
+    ) -> Receipt:
+        """Poll until one of ``tx_hashes`` is mined and return its receipt (reverted or not).
+
+        Raises :class:`ReceiptTimeout` (naming the last hash) when none is mined in time.
+        """
+        if not tx_hashes:
+            raise ValueError("no transaction to wait for")
         limit = timeout if timeout is not None else self.policy.receipt_timeout_s
         deadline = asyncio.get_running_loop().time() + limit
         delay = 0.02  # local chains mine at once; back off toward receipt_poll_s for real ones
         while True:
-            receipt = await self.get_receipt(tx_hash)
+            receipt = await self.any_receipt(tx_hashes)
             if receipt is not None:
-                if check and receipt.status != 1:
-                    await self._raise_failure(receipt)
                 return receipt
             if asyncio.get_running_loop().time() + delay > deadline:
-                raise ReceiptTimeout(tx_hash, limit)
+                raise ReceiptTimeout(tx_hashes[-1], limit)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.policy.receipt_poll_s)
 

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import rlp
 from eth_utils.address import to_checksum_address
 
 # A block number or tag, as JSON-RPC takes it.
@@ -76,3 +77,40 @@ class SignedTx:
     sender: str
     gas: int
     gas_price: int
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyTx:
+    """The fields of a signed legacy (type 0, EIP-155) transaction, signature left out."""
+
+    nonce: int
+    gas_price: int
+    gas: int
+    to: str | None
+    value: int
+    data: bytes
+    chain_id: int | None  # None: signed without replay protection (pre-EIP-155)
+
+    @property
+    def call(self) -> ContractCall:
+        return ContractCall(to=self.to, data=self.data, value=self.value)
+
+
+def decode_legacy(raw: bytes) -> LegacyTx:
+    """Decode a signed legacy transaction (what :class:`~zgserve.chain.wallet.Wallet` signs)."""
+    if not raw or raw[0] < 0xC0:  # an RLP list; typed envelopes start with their type byte
+        raise ValueError("not a legacy transaction")
+    fields = rlp.decode(raw)
+    if not isinstance(fields, list) or len(fields) != 9 or not all(isinstance(f, bytes) for f in fields):
+        raise ValueError("not a signed legacy transaction")
+    nonce, gas_price, gas, to, value, data, v, _r, _s = (bytes(f) for f in fields)
+    v_int = int.from_bytes(v, "big")
+    return LegacyTx(
+        nonce=int.from_bytes(nonce, "big"),
+        gas_price=int.from_bytes(gas_price, "big"),
+        gas=int.from_bytes(gas, "big"),
+        to=to_checksum_address(to) if to else None,
+        value=int.from_bytes(value, "big"),
+        data=data,
+        chain_id=(v_int - 35) // 2 if v_int >= 35 else None,
+    )

@@ -11,6 +11,8 @@ For crash-safe flows the steps are separate: :meth:`Wallet.sign_transaction` res
 and returns the raw signed bytes to persist; ``ChainClient.send_raw`` broadcasts them (again
 after a restart: re-sending a known transaction is harmless); ``ChainClient.wait_receipt``
 awaits the outcome. Call :meth:`Wallet.reset_nonce` if a signed transaction is abandoned.
+:meth:`Wallet.reprice` re-signs such a transaction at a higher gas price (same nonce, gas,
+target, value and data) to replace it while it is stuck in the pool.
 Broadcast signed transactions promptly: a resync after a refused send reads the node's
 count, which does not know about nonces reserved but not yet broadcast.
 """
@@ -24,7 +26,7 @@ from eth_account import Account as EthAccount
 from eth_utils.address import to_checksum_address
 
 from zgserve.chain.errors import ChainError, RpcError
-from zgserve.chain.tx import ContractCall, Receipt, SignedTx
+from zgserve.chain.tx import ContractCall, Receipt, SignedTx, decode_legacy
 
 if TYPE_CHECKING:
     from zgserve.chain.client import ChainClient
@@ -127,6 +129,20 @@ class Wallet:
         """Send ``call`` and wait for its receipt; a revert raises the decoded error."""
         signed = await self.send(call, gas=gas)
         return await self._client.wait_receipt(signed.tx_hash, timeout)
+
+    def reprice(self, raw: bytes, gas_price: int) -> SignedTx:
+        """Re-sign ``raw`` (a transaction of this wallet) at ``gas_price``, everything else equal.
+
+        The result replaces ``raw`` in a node's pool once its price is high enough (nodes ask
+        for a 10 % or larger increase); at most one of the two can ever be mined. The nonce
+        sequence is not touched: the nonce is the one ``raw`` already holds.
+        """
+        tx = decode_legacy(raw)
+        if EthAccount.recover_transaction(raw) != self.address:
+            raise ValueError(f"transaction was not signed by {self.address}")
+        if tx.chain_id != self._client.config.chain_id:
+            raise ValueError(f"transaction is for chain {tx.chain_id}, not {self._client.config.chain_id}")
+        return self._sign(tx.call, tx.nonce, tx.gas, gas_price)
 
     async def reset_nonce(self) -> None:
         """Forget the locally tracked nonce; the next send reads it from the node."""

@@ -8,11 +8,13 @@
   (``env.config_file``) for ``zgserve settle`` processes.
 * ``env.user(amount)``: a fresh user with a sub-account of ``amount`` with the provider.
 * ``env.record(user, n, fee)``: ``n`` charged requests stored as the broker stores them.
-* ``env.engine(**settlement_keys)``: an in-process :class:`SettlementEngine`.
+* ``env.engine(**settlement_keys)``: an in-process :class:`SettlementEngine` (``clock=``
+  gives it a clock of the test's own).
 * ``env.settle_process(*args, crash_at=None)``: ``python -m zgserve.broker.settlement ...``
   as a real process.
 * ``env.spawn(*args)``: the same, in the background (e.g. ``run``, the settlement loop).
 * ``env.check_exactly_once()``: chain totals equal the records, every record settled once.
+* ``env.batches()``, ``env.candidates()``: the journal's batches and candidate transactions.
 * ``start_broker``, ``funded_user``, ``service_url``: the broker tests' fixtures (a real
   broker in this event loop); ``deps=engine_deps(...)`` gives it the engine with test timings.
 """
@@ -24,6 +26,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -51,7 +54,7 @@ from zgserve.broker.settlement import journal
 from zgserve.broker.settlement.builder import SigningContext
 from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.broker.settlement.engine import CRASH_ENV, SettlementEngine
-from zgserve.broker.settlement.models import BatchRow, EntryRow
+from zgserve.broker.settlement.models import BatchRow, EntryRow, TransactionRow
 from zgserve.broker.settlement.wiring import settlement_factory
 from zgserve.chain import ChainClient, TxPolicy
 from zgserve.common.money import OG
@@ -136,7 +139,7 @@ class SettlementEnv:
             await repo.insert_records(conn, records)
         return records
 
-    def engine(self, **settlement: Any) -> SettlementEngine:
+    def engine(self, *, clock: Callable[[], float] = time.time, **settlement: Any) -> SettlementEngine:
         cfg = SettlementConfig.model_validate({"enabled": True, **TEST_SETTLEMENT, **settlement})
         inference = self.inference
         return SettlementEngine(
@@ -150,6 +153,7 @@ class SettlementEnv:
                 signer=self.signer,
             ),
             config=cfg,
+            clock=clock,
         )
 
     @property
@@ -257,6 +261,14 @@ class SettlementEnv:
                 select(BatchRow.state, BatchRow.tx_hash, BatchRow.gas_used).order_by(BatchRow.id)
             )
             return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    async def candidates(self) -> list[tuple[str, int]]:
+        """Every journaled candidate transaction as (hash, gas price), oldest first."""
+        async with self.db.connect() as conn:
+            rows = await conn.execute(
+                select(TransactionRow.tx_hash, TransactionRow.gas_price).order_by(TransactionRow.id)
+            )
+            return [(str(r[0]), int(r[1])) for r in rows]
 
 
 async def register_provider(net: Devnet, chain: ChainClient, key_file: Path) -> tuple[DevAccount, Signer]:

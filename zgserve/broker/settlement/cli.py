@@ -152,7 +152,13 @@ def status(config: Path = CONFIG) -> None:
                 for u, c in sorted(claimable.items())
             },
             "openTransactions": [
-                {"txHash": b.tx_hash, "nonce": b.tx_nonce, "entries": len(b.entries)} for b in batches
+                {
+                    "txHash": b.tx_hash,
+                    "nonce": b.tx_nonce,
+                    "entries": len(b.entries),
+                    "replaces": b.tx_hashes[:-1],  # earlier candidates; any one may still be mined
+                }
+                for b in batches
             ],
             "openDebt": {"users": debt_users, "total": str(debt_total)},
         }

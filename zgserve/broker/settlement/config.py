@@ -12,16 +12,34 @@ default, so ``settlement: {enabled: true}`` is a complete configuration::
       maxAgeSeconds: 86400       # ... or when a fee is a day old
       minFeeGasMultiple: 2       # piggyback only users worth 2x their marginal gas
       gasPriceCap: null          # neuron/gas; above it only hard deadlines are sent
+      receiptTimeoutSeconds: 60  # how long one round waits for a receipt
+      replaceAfterSeconds: 120   # replace a transaction still pending after this long
+      replaceBumpBps: 1250       # ... paying at least 12.5 % more per gas than before
+      deadlineGasPriceCap: null  # neuron/gas; replacements of hard deadlines may go this high
+
+**Stuck transactions.** While a batch's transaction is pending no new batch starts.
+Each round re-broadcasts it and waits up to ``receiptTimeoutSeconds`` for it; in the
+first round at least ``replaceAfterSeconds`` after its first broadcast it is replaced
+instead: the same call with the same sender nonce at ``max(network price, previous
+price x (1 + replaceBumpBps/10000))``, journaled before it is broadcast (see
+``replacement``). Replacements stop at ``gasPriceCap`` -- at ``deadlineGasPriceCap``
+instead for a batch carrying a hard deadline (a refund about to unlock, ``POST
+/v1/settle``, shutdown) -- and then wait, with an alert, rather than pay more. With no
+cap at all, a transaction nothing mines gets one bump per ``replaceAfterSeconds``; set
+``gasPriceCap`` in production. A hard deadline's *first* transaction is sent at the
+network's price even above ``gasPriceCap``; only its replacements are bounded by these
+keys.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from zgserve.broker.settlement.policy import MAX_BATCH, PolicyConfig
+from zgserve.broker.settlement.replacement import MIN_BUMP_BPS, ReplacementPolicy
 from zgserve.common.errors import ConfigError
 
 
@@ -44,6 +62,10 @@ class SettlementConfig(BaseModel):
     # transactions
     gas_price_cap: int | None = Field(default=None, gt=0, description="neuron per gas")
     receipt_timeout_seconds: float = Field(default=60.0, gt=0)
+    # replacing a stuck transaction (see zgserve.broker.settlement.replacement)
+    replace_after_seconds: float = Field(default=120.0, gt=0)
+    replace_bump_bps: int = Field(default=MIN_BUMP_BPS, ge=MIN_BUMP_BPS, le=100_000)
+    deadline_gas_price_cap: int | None = Field(default=None, gt=0, description="neuron per gas")
     max_batches_per_round: int = Field(default=10, ge=1)
     # the loop
     backoff_initial_seconds: float = Field(default=1.0, gt=0)
@@ -53,6 +75,23 @@ class SettlementConfig(BaseModel):
     lease_seconds: float = Field(default=30.0, gt=0)
     # alerting: a preview failure of a user (bad signer/signature) is retried after this long
     failure_cooldown_seconds: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _deadline_cap_not_below_cap(self) -> SettlementConfig:
+        cap, deadline = self.gas_price_cap, self.deadline_gas_price_cap
+        if cap is not None and deadline is not None and deadline < cap:
+            raise ValueError("deadlineGasPriceCap is below gasPriceCap")
+        return self
+
+    def replacement(self, chain_cap: int | None = None) -> ReplacementPolicy:
+        """The replacement policy; ``chain_cap`` is the chain client's own gas price cap."""
+        return ReplacementPolicy(
+            after_s=self.replace_after_seconds,
+            bump_bps=self.replace_bump_bps,
+            cap=self.gas_price_cap,
+            deadline_cap=self.deadline_gas_price_cap,
+            chain_cap=chain_cap,
+        )
 
     def policy(self) -> PolicyConfig:
         return PolicyConfig(
@@ -86,5 +125,5 @@ class SettlementConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            lines = [f"  settlement.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            lines = [f"  {'.'.join(('settlement', *map(str, e['loc'])))}: {e['msg']}" for e in exc.errors()]
             raise ConfigError("invalid settlement configuration:\n" + "\n".join(lines)) from None

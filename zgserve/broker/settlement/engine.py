@@ -3,7 +3,9 @@
 One round (:meth:`SettlementEngine.run_round`), run only by the lease holder:
 
 1. **Reconcile** journaled batches whose outcome is not recorded (``recovery``).
-   While one is still pending, no new batch is started.
+   While one is still pending, no new batch is started; one pending for
+   ``replaceAfterSeconds`` is replaced by the same call with the same sender
+   nonce at a higher gas price (``replacement``), journaled before it is sent.
 2. **Look**: unsettled, unclaimed fees and open debts per user (database), their
    sub-accounts (``getBatchAccountsByUsers``), the chain clock and gas price.
 3. **Plan** with the policy: batches of at most 50 distinct users.
@@ -25,8 +27,10 @@ before releasing the lease.
 **Test hook.** The environment variable ``ZGSERVE_SETTLEMENT_CRASH_AT`` set to
 ``before_send``, ``after_send`` or ``after_receipt`` makes the process kill itself
 with SIGKILL at that point of the first batch it sends (after the journal commit,
-after the broadcast, after the receipt but before the outcome commit). The fault
-injection tests use it; it is read once, when the engine is built.
+after the broadcast, after the receipt but before the outcome commit);
+``before_replace`` and ``after_replace`` do the same at the first replacement
+(after its journal commit, after its broadcast). The fault injection tests use
+it; it is read once, when the engine is built.
 """
 
 from __future__ import annotations
@@ -52,7 +56,14 @@ from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.broker.settlement.journal import ClaimConflict, EntryOutcome, PreparedEntry
 from zgserve.broker.settlement.lease import Lease
 from zgserve.broker.settlement.metrics import SettlementMetrics
-from zgserve.broker.settlement.policy import DeadlinePolicy, Decision, Policy, Trigger, UserState
+from zgserve.broker.settlement.policy import (
+    HARD_DEADLINES,
+    DeadlinePolicy,
+    Decision,
+    Policy,
+    Trigger,
+    UserState,
+)
 from zgserve.broker.settlement.queries import ClaimableUser
 from zgserve.broker.settlement.recovery import BatchCloser, OnSettled
 from zgserve.chain.client import ChainClient
@@ -64,9 +75,7 @@ from zgserve.common.money import to_wire
 logger = logging.getLogger(__name__)
 
 CRASH_ENV = "ZGSERVE_SETTLEMENT_CRASH_AT"
-CRASH_POINTS = ("before_send", "after_send", "after_receipt")
-# Sent even when gas is above the cap: waiting would lose the fees or ignore the operator.
-HARD_DEADLINES = {Trigger.REFUND_UNLOCK, Trigger.MANUAL, Trigger.SHUTDOWN}
+CRASH_POINTS = ("before_send", "after_send", "after_receipt", "before_replace", "after_replace")
 
 
 @dataclass(slots=True)
@@ -130,6 +139,10 @@ class SettlementEngine:
         self.policy: Policy = policy or DeadlinePolicy(config.policy())
         self.clock = clock
         self.lease = lease or Lease(db, f"settler:{self.wallet.address.lower()}", ttl=config.lease_seconds)
+        crash = os.environ.get(CRASH_ENV, "").strip()
+        if crash and crash not in CRASH_POINTS:
+            raise ValueError(f"{CRASH_ENV} must be one of {', '.join(CRASH_POINTS)}")
+        self._crash_at = crash or None
         self.closer = BatchCloser(
             db=db,
             chain=chain,
@@ -138,11 +151,10 @@ class SettlementEngine:
             metrics=self.metrics,
             on_settled=on_settled,
             receipt_timeout=config.receipt_timeout_seconds,
+            replacement=config.replacement(chain.policy.gas_price_cap),
+            clock=clock,
+            crash=self._crash,
         )
-        crash = os.environ.get(CRASH_ENV, "").strip()
-        if crash and crash not in CRASH_POINTS:
-            raise ValueError(f"{CRASH_ENV} must be one of {', '.join(CRASH_POINTS)}")
-        self._crash_at = crash or None
         self._round_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -401,9 +413,9 @@ class SettlementEngine:
             logger.warning("settlement batch not journaled (another settler claimed first): %s", reason)
             return True
         self._crash("before_send")
-        await self.chain.send_raw(signed.raw)
+        await self.chain.send_raw(signed.raw)  # a refusal fails the round; reconciling sends it again
         async with self.db.begin() as conn:
-            await journal.mark_sent(conn, batch_id)
+            await journal.mark_sent(conn, batch_id, signed.tx_hash, at=self.clock())
         report.transactions.append(signed.tx_hash)
         self._crash("after_send")
         try:

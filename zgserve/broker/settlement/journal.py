@@ -2,17 +2,20 @@
 
 The write-ahead rule: a batch's entries, nonces, receipts, claims and the raw
 signed transaction are committed by :func:`journal_batch` *before* the
-transaction is broadcast. After that, exactly one of three functions closes it,
-each guarded by a fence (``state IN ('signed','sent')``) so that an outcome is
-recorded once even if two processes race to reconcile the same batch:
+transaction is broadcast, and so is every replacement of a stuck transaction
+(:func:`journal_replacement`: same sender nonce and calldata, higher gas price).
+A batch thus has one or more candidate transactions, of which at most one can be
+mined. After that, exactly one of three functions closes it, each guarded by a
+fence (``state IN ('signed','sent')``) so that an outcome is recorded once even if
+two processes race to reconcile the same batch:
 
-* :func:`record_outcome` -- mined: statuses from ``TEESettlementResult`` events;
-  SUCCESS/PARTIAL mark the broker's request rows settled, PARTIAL opens a debt;
-  failed entries give their claims back.
+* :func:`record_outcome` -- a candidate was mined: statuses from
+  ``TEESettlementResult`` events; SUCCESS/PARTIAL mark the broker's request rows
+  settled, PARTIAL opens a debt; failed entries give their claims back.
 * :func:`release_batch` -- reverted on chain, or abandoned because its sender
-  nonce was consumed by another transaction: claims are given back, except for
-  entries whose settlement nonce the chain shows as consumed (``unverified``,
-  counted as settled -- a fee is never settled twice).
+  nonce was consumed by a transaction that is none of its candidates: claims are
+  given back, except for entries whose settlement nonce the chain shows as
+  consumed (``unverified``, counted as settled -- a fee is never settled twice).
 
 :func:`open_batches` lists what is still to be closed; other reads are in ``queries``.
 """
@@ -37,6 +40,7 @@ from zgserve.broker.settlement.models import (
     EntryRow,
     EntryStatus,
     ReceiptRow,
+    TransactionRow,
 )
 from zgserve.broker.settlement.receipts import Receipt
 from zgserve.chain.types import SettlementResult, SettlementStatus
@@ -46,6 +50,7 @@ _E = cast(Table, EntryRow.__table__)
 _R = cast(Table, ReceiptRow.__table__)
 _C = cast(Table, ClaimRow.__table__)
 _D = cast(Table, DebtRow.__table__)
+_T = cast(Table, TransactionRow.__table__)
 _REQ = cast(Table, RequestRow.__table__)
 
 _STATUS_NAMES = {s: s.name.lower() for s in SettlementStatus}
@@ -68,9 +73,9 @@ async def migrate(engine: AsyncEngine) -> None:
 
 
 async def ensure_schema(engine: AsyncEngine) -> None:
-    """Create the settlement tables if this database does not have them yet."""
+    """Create the settlement tables if this database does not have them (all) yet."""
     async with engine.connect() as conn:
-        present = await conn.run_sync(lambda c: inspect(c).has_table(BatchRow.__tablename__))
+        present = await conn.run_sync(lambda c: inspect(c).has_table(TransactionRow.__tablename__))
     if not present:
         await migrate(engine)
 
@@ -99,16 +104,38 @@ class JournaledEntry:
     user: str
     nonce: int
     total_fee: int
+    trigger: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One signed transaction of a batch; ``broadcast_at``: first broadcast attempt (unix s)."""
+
+    tx_hash: str
+    raw_tx: bytes
+    gas_price: int
+    broadcast_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
 class OpenBatch:
     id: int
-    tx_hash: str
     tx_nonce: int
-    raw_tx: bytes
     sends: int
     entries: tuple[JournaledEntry, ...]
+    candidates: tuple[Candidate, ...]  # oldest first; all share ``tx_nonce``
+
+    @property
+    def latest(self) -> Candidate:
+        return self.candidates[-1]
+
+    @property
+    def tx_hash(self) -> str:
+        return self.latest.tx_hash
+
+    @property
+    def tx_hashes(self) -> list[str]:
+        return [c.tx_hash for c in self.candidates]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +190,11 @@ async def journal_batch(
             .returning(_B.c.id)
         )
     ).scalar_one()
+    await conn.execute(
+        insert(_T).values(
+            batch_id=batch_id, tx_hash=tx_hash, raw_tx=raw_tx, gas_price=gas_price, created_at=now
+        )
+    )
     entry_ids: list[int] = []
     for e in entries:
         user = e.user.lower()
@@ -216,16 +248,63 @@ async def journal_batch(
     return batch_id, entry_ids
 
 
-async def mark_sent(conn: AsyncConnection, batch_id: int) -> None:
+async def mark_sent(
+    conn: AsyncConnection, batch_id: int, tx_hash: str, *, at: float, accepted: bool = True
+) -> None:
+    """Note a broadcast attempt of candidate ``tx_hash`` at ``at`` (unix s).
+
+    The candidate's first attempt starts its replacement clock, whether the node took it
+    or not (a refused one, e.g. underpriced, must be replaced too); an accepted one also
+    moves the batch to ``sent``.
+    """
     await conn.execute(
-        update(_B)
-        .where(_B.c.id == batch_id, _B.c.state.in_(BatchState.OPEN))
-        .values(state=BatchState.SENT, sends=_B.c.sends + 1, updated_at=utcnow())
+        update(_T).where(_T.c.tx_hash == tx_hash, _T.c.broadcast_at.is_(None)).values(broadcast_at=at)
     )
+    if accepted:
+        await conn.execute(
+            update(_B)
+            .where(_B.c.id == batch_id, _B.c.state.in_(BatchState.OPEN))
+            .values(state=BatchState.SENT, sends=_B.c.sends + 1, updated_at=utcnow())
+        )
 
 
-async def _close(conn: AsyncConnection, batch_id: int, state: str, **values: Any) -> bool:
-    """The fence: move an open batch to ``state``; False if someone already closed it."""
+async def journal_replacement(
+    conn: AsyncConnection, batch_id: int, *, replaces: str, tx_hash: str, raw_tx: bytes, gas_price: int
+) -> bool:
+    """Add a replacement candidate to an open batch whose newest candidate is ``replaces``.
+
+    False (nothing written) if the batch was closed or replaced meanwhile.
+    """
+    moved = await conn.execute(
+        update(_B)
+        .where(_B.c.id == batch_id, _B.c.state.in_(BatchState.OPEN), _B.c.tx_hash == replaces)
+        .values(tx_hash=tx_hash, raw_tx=raw_tx, gas_price=gas_price, updated_at=utcnow())
+    )
+    if moved.rowcount != 1:
+        return False
+    await conn.execute(
+        insert(_T).values(
+            batch_id=batch_id, tx_hash=tx_hash, raw_tx=raw_tx, gas_price=gas_price, created_at=utcnow()
+        )
+    )
+    return True
+
+
+async def _close(
+    conn: AsyncConnection, batch_id: int, state: str, *, mined: str | None = None, **values: Any
+) -> bool:
+    """The fence: move an open batch to ``state``; False if someone already closed it.
+
+    ``mined``: the candidate that was mined; the batch then shows its hash, bytes and price.
+    """
+    if mined is not None:
+        row = (
+            await conn.execute(
+                select(_T.c.raw_tx, _T.c.gas_price).where(_T.c.batch_id == batch_id, _T.c.tx_hash == mined)
+            )
+        ).first()
+        if row is not None:
+            values.update(tx_hash=mined, raw_tx=bytes(row[0]), gas_price=int(row[1]))
     result = await conn.execute(
         update(_B)
         .where(_B.c.id == batch_id, _B.c.state.in_(BatchState.OPEN))
@@ -236,11 +315,11 @@ async def _close(conn: AsyncConnection, batch_id: int, state: str, **values: Any
 
 async def _entries_of(conn: AsyncConnection, batch_id: int) -> list[JournaledEntry]:
     rows = await conn.execute(
-        select(_E.c.id, _E.c.user, _E.c.nonce, _E.c.total_fee)
+        select(_E.c.id, _E.c.user, _E.c.nonce, _E.c.total_fee, _E.c.trigger)
         .where(_E.c.batch_id == batch_id)
         .order_by(_E.c.id)
     )
-    return [JournaledEntry(int(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+    return [JournaledEntry(int(r[0]), str(r[1]), int(r[2]), int(r[3]), str(r[4])) for r in rows]
 
 
 async def _settle_entry(
@@ -302,9 +381,16 @@ async def record_outcome(
     gas_used: int,
     block_number: int,
     results: Sequence[SettlementResult],
+    tx_hash: str | None = None,
 ) -> list[EntryOutcome] | None:
-    """Record a mined batch's per-entry results (in batch order); None if already recorded."""
-    if not await _close(conn, batch_id, BatchState.DONE, gas_used=gas_used, block_number=block_number):
+    """Record a mined batch's per-entry results (in batch order); None if already recorded.
+
+    ``tx_hash``: the candidate that was mined (the batch's newest one when not given).
+    """
+    closed = await _close(
+        conn, batch_id, BatchState.DONE, mined=tx_hash, gas_used=gas_used, block_number=block_number
+    )
+    if not closed:
         return None
     entries = await _entries_of(conn, batch_id)
     if len(results) != len(entries):
@@ -336,13 +422,15 @@ async def release_batch(
     *,
     error: str,
     landed_entry_ids: Iterable[int] = (),
+    tx_hash: str | None = None,
 ) -> list[EntryOutcome] | None:
     """Close a batch that settled nothing (``reverted``/``abandoned``); None if already closed.
 
-    Entries in ``landed_entry_ids`` (their nonce is consumed on chain although this
-    transaction's receipt is unknown) are counted as settled, status ``unverified``.
+    Entries in ``landed_entry_ids`` (their nonce is consumed on chain although no
+    candidate's receipt shows it) are counted as settled, status ``unverified``.
+    ``tx_hash``: the candidate that was mined and reverted, if any.
     """
-    if not await _close(conn, batch_id, state, error=error[:2000]):
+    if not await _close(conn, batch_id, state, mined=tx_hash, error=error[:2000]):
         return None
     landed = set(landed_entry_ids)
     entry_status = EntryStatus.REVERTED if state == BatchState.REVERTED else EntryStatus.ABANDONED
@@ -366,18 +454,31 @@ async def release_batch(
 # -- reads of open batches ------------------------------------------------------------------
 
 
+async def _candidates_of(conn: AsyncConnection, batch_id: int) -> list[Candidate]:
+    rows = await conn.execute(
+        select(_T.c.tx_hash, _T.c.raw_tx, _T.c.gas_price, _T.c.broadcast_at)
+        .where(_T.c.batch_id == batch_id)
+        .order_by(_T.c.id)
+    )
+    return [Candidate(str(r[0]), bytes(r[1]), int(r[2]), None if r[3] is None else float(r[3])) for r in rows]
+
+
 async def open_batches(conn: AsyncConnection) -> list[OpenBatch]:
-    """Batches journaled but not yet closed, oldest first."""
+    """Batches journaled but not yet closed, oldest first, with their candidates."""
     rows = (
         await conn.execute(
-            select(_B.c.id, _B.c.tx_hash, _B.c.tx_nonce, _B.c.raw_tx, _B.c.sends)
+            select(_B.c.id, _B.c.tx_nonce, _B.c.sends)
             .where(_B.c.state.in_(BatchState.OPEN))
             .order_by(_B.c.id)
         )
     ).all()
     return [
         OpenBatch(
-            int(r[0]), str(r[1]), int(r[2]), bytes(r[3]), int(r[4]), tuple(await _entries_of(conn, int(r[0])))
+            id=int(r[0]),
+            tx_nonce=int(r[1]),
+            sends=int(r[2]),
+            entries=tuple(await _entries_of(conn, int(r[0]))),
+            candidates=tuple(await _candidates_of(conn, int(r[0]))),
         )
         for r in rows
     ]

@@ -17,7 +17,7 @@ AGE_BUCKETS = (("lt_1h", 3600.0), ("lt_6h", 21600.0), ("lt_24h", 86400.0), ("ge_
 
 
 class SettlementMetrics:
-    """Transactions, entries by status, gas, fees, backlog by age, debts and alerts."""
+    """Transactions and their replacements, entries by status, gas, fees, backlog by age, debts, alerts."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
@@ -45,12 +45,18 @@ class SettlementMetrics:
         self.backlog_users = Gauge("zgsettle_backlog_users", "Users with unsettled fees", registry=r)
         self.debt = Gauge("zgsettle_debt_neuron", "Open debt from PARTIAL settlements, in neuron", registry=r)
         self.debt_users = Gauge("zgsettle_debt_users", "Users with open debt", registry=r)
+        self.replacements = Counter(
+            "zgsettle_replacements",
+            "Stuck settlement transactions replaced at a higher gas price, by the node's answer",
+            ["result"],
+            registry=r,
+        )
         self.open_batches = Gauge(
             "zgsettle_open_batches", "Journaled transactions not yet closed", registry=r
         )
         self.alerts = Counter(
             "zgsettle_alerts",
-            "Conditions that need an operator (bad signer, signature, revert)",
+            "Conditions that need an operator (bad signer, signature, revert, gas price cap)",
             ["kind"],
             registry=r,
         )

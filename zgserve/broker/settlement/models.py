@@ -1,8 +1,12 @@
 """Tables of the settlement journal, created by this package's Alembic revisions
 (``zgserve.broker.settlement.migrations``, one of the broker's version locations).
 
-* ``settlement_batches`` -- one ``settleFeesWithTEE`` transaction: its raw signed
-  bytes, hash and sender nonce are written *before* it is broadcast.
+* ``settlement_batches`` -- one ``settleFeesWithTEE`` call under one sender nonce.
+  ``tx_hash``/``raw_tx``/``gas_price`` are those of its newest candidate while it
+  is open, and of the candidate that was mined once it is closed.
+* ``settlement_transactions`` -- every signed candidate of a batch: the first one and
+  each replacement (same nonce and calldata, higher gas price). Each is written
+  *before* it is broadcast; at most one of them can be mined.
 * ``settlement_entries`` -- one signed ``TEESettlementData`` per user in a batch,
   with its outcome (status, paid, unpaid).
 * ``settlement_receipts`` -- the receipts an entry commits to (its Merkle leaves),
@@ -95,6 +99,24 @@ class BatchRow(SettlementBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     __table_args__ = (Index("ix_settlement_batches_state", "state"),)
+
+
+class TransactionRow(SettlementBase):
+    """One signed candidate transaction of a batch (the first, or a replacement)."""
+
+    __tablename__ = "settlement_transactions"
+
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(BigInteger)
+    tx_hash: Mapped[str] = mapped_column(String(66), unique=True)
+    raw_tx: Mapped[bytes] = mapped_column(LargeBinary)
+    gas_price: Mapped[int] = mapped_column(Neuron)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Unix seconds of the first broadcast attempt (None: never tried); a replacement is due
+    # ``replaceAfterSeconds`` after it. Compared numerically, like the lease's expiry.
+    broadcast_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (Index("ix_settlement_transactions_batch", "batch_id"),)
 
 
 class EntryRow(SettlementBase):

@@ -50,6 +50,10 @@ class Trigger(StrEnum):
     PIGGYBACK = "piggyback"  # not due, but worth a spare slot in a batch that is sent anyway
 
 
+# Sent even when gas is above the cap: waiting would lose the fees or ignore the operator.
+HARD_DEADLINES = frozenset({Trigger.REFUND_UNLOCK, Trigger.MANUAL, Trigger.SHUTDOWN})
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """Tunable thresholds; defaults suit a 1 h - 7 d contract lockTime."""

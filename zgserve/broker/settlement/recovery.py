@@ -1,23 +1,33 @@
-"""Closing journaled batches: recording mined outcomes, and reconciling after a restart.
+"""Closing journaled batches: recording mined outcomes, replacing stuck transactions, and
+reconciling after a restart.
 
-For each open batch (journaled, outcome not recorded) the chain decides:
+A batch has one or more journaled candidate transactions: the first one and its
+replacements, all with the batch's sender nonce, so at most one can be mined. For
+each open batch (journaled, outcome not recorded) the chain decides:
 
-1. Read the provider wallet's *mined* transaction count, **then** the batch's receipt
-   (in this order, so a transaction mined between the two reads is seen as mined).
-2. A receipt exists: record it (statuses from the ``TEESettlementResult`` events;
-   status 0 means reverted and every claim is given back).
-3. No receipt and the wallet's count is past the batch's sender nonce: another
-   transaction took that nonce, so ours can never be mined. Users whose account
-   nonce has nevertheless reached the entry's nonce are counted as settled
-   (``unverified``, alerted); every other claim is given back.
-4. Otherwise the transaction is pending or was never broadcast (a crash before
-   send): broadcast the journaled raw bytes again -- the same signed transaction,
-   so it can land at most once -- and wait a bounded time for the receipt.
+1. Read the provider wallet's *mined* transaction count, **then** the receipts of all
+   the batch's candidates (in this order, so a candidate mined between the two reads
+   is seen as mined).
+2. A candidate's receipt exists: record it (statuses from the ``TEESettlementResult``
+   events; status 0 means reverted and every claim is given back). Whichever
+   candidate it is, the entries and their settlement nonces are the same.
+3. No receipt and the wallet's count is past the batch's sender nonce: a transaction
+   that is none of our candidates took that nonce, so the batch can never be mined.
+   Users whose account nonce has nevertheless reached the entry's nonce are counted
+   as settled (``unverified``, alerted); every other claim is given back.
+4. Otherwise the newest candidate is pending or was never broadcast (a crash before
+   send). If it was first broadcast ``replaceAfterSeconds`` ago or more, it is
+   *replaced* (:mod:`.replacement`): re-signed at a higher gas price, journaled,
+   then broadcast; else its journaled raw bytes are broadcast again. Then a bounded
+   wait for the receipt of any candidate. A broadcast the node refuses (an
+   underpriced replacement, a nonce already used) is logged and left to the chain
+   to decide in a later round.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from eth_utils.address import to_checksum_address
@@ -27,8 +37,9 @@ from zgserve.broker.settlement import journal
 from zgserve.broker.settlement.journal import EntryOutcome, OpenBatch
 from zgserve.broker.settlement.metrics import SettlementMetrics
 from zgserve.broker.settlement.models import BatchState, EntryStatus
+from zgserve.broker.settlement.replacement import ReplacementPolicy
 from zgserve.chain.client import ChainClient
-from zgserve.chain.errors import ReceiptTimeout
+from zgserve.chain.errors import ReceiptTimeout, RpcError
 from zgserve.chain.inference import InferenceServing
 from zgserve.chain.tx import Receipt
 from zgserve.chain.wallet import Wallet
@@ -37,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 OnSettled = Callable[[list[str], int], None]
 """Told ``(users, fees of recorded requests newly settled)`` after outcomes are committed."""
+
+CrashHook = Callable[[str], None]
+"""The engine's fault-injection hook, called with a point's name (see ``engine``)."""
 
 _ALERT_STATUSES = {
     EntryStatus.NO_TEE_SIGNER: "no_tee_signer",
@@ -60,6 +74,9 @@ class BatchCloser:
         metrics: SettlementMetrics,
         on_settled: OnSettled | None,
         receipt_timeout: float,
+        replacement: ReplacementPolicy,
+        clock: Callable[[], float] = time.time,
+        crash: CrashHook | None = None,
     ) -> None:
         self.db = db
         self.chain = chain
@@ -68,13 +85,21 @@ class BatchCloser:
         self.metrics = metrics
         self.on_settled = on_settled
         self.receipt_timeout = receipt_timeout
+        self.replacement = replacement
+        self.clock = clock
+        self._crash = crash or (lambda _point: None)
+        self._capped: set[int] = set()  # batches alerted as held back by the gas price cap
 
     async def record_receipt(self, batch_id: int, receipt: Receipt) -> list[EntryOutcome] | None:
         """Commit a mined batch's outcome; None if another process recorded it first."""
         if receipt.status != 1:
             async with self.db.begin() as conn:
                 outcomes = await journal.release_batch(
-                    conn, batch_id, BatchState.REVERTED, error=f"transaction {receipt.tx_hash} reverted"
+                    conn,
+                    batch_id,
+                    BatchState.REVERTED,
+                    error=f"transaction {receipt.tx_hash} reverted",
+                    tx_hash=receipt.tx_hash,
                 )
             if outcomes is not None:
                 logger.error("settlement transaction %s reverted; its fees stay unsettled", receipt.tx_hash)
@@ -89,6 +114,7 @@ class BatchCloser:
                     gas_used=receipt.gas_used,
                     block_number=receipt.block_number,
                     results=results,
+                    tx_hash=receipt.tx_hash,
                 )
             if outcomes is not None:
                 self.metrics.transactions.labels(BatchState.DONE).inc()
@@ -137,24 +163,95 @@ class BatchCloser:
     async def reconcile(self, batch: OpenBatch) -> list[EntryOutcome] | None:
         """Close ``batch`` if the chain allows it now; None while it is still pending."""
         mined_count = await self._mined_count()
-        receipt = await self.chain.get_receipt(batch.tx_hash)
+        receipt = await self.chain.any_receipt(batch.tx_hashes)
         # An empty list below means another process closed the batch first.
         if receipt is not None:
             return await self.record_receipt(batch.id, receipt) or []
         if mined_count > batch.tx_nonce:
             return await self._abandon(batch) or []
-        logger.info(
-            "re-broadcasting journaled settlement transaction %s (nonce %d)", batch.tx_hash, batch.tx_nonce
-        )
-        await self.chain.send_raw(batch.raw_tx)
-        async with self.db.begin() as conn:
-            await journal.mark_sent(conn, batch.id)
+        hashes = batch.tx_hashes
+        latest = batch.latest
+        replaced = None
+        if self.replacement.due(latest.broadcast_at, self.clock()):
+            replaced = await self._replace(batch)
+        if replaced is not None:
+            hashes.append(replaced)
+        else:
+            logger.info(
+                "re-broadcasting journaled settlement transaction %s (nonce %d)",
+                latest.tx_hash,
+                batch.tx_nonce,
+            )
+            refused = await self.broadcast(batch.id, latest.tx_hash, latest.raw_tx)
+            if refused is not None:
+                logger.warning("node refused settlement transaction %s: %s", latest.tx_hash, refused)
         try:
-            receipt = await self.chain.wait_receipt(batch.tx_hash, self.receipt_timeout, check=False)
+            receipt = await self.chain.wait_any_receipt(hashes, self.receipt_timeout)
         except ReceiptTimeout:
-            logger.warning("settlement transaction %s still pending", batch.tx_hash)
+            logger.warning("settlement transaction %s still pending", hashes[-1])
             return None
         return await self.record_receipt(batch.id, receipt) or []
+
+    async def broadcast(self, batch_id: int, tx_hash: str, raw_tx: bytes) -> RpcError | None:
+        """Broadcast a journaled candidate and note the attempt; the node's refusal, if any."""
+        refused: RpcError | None = None
+        try:
+            await self.chain.send_raw(raw_tx)
+        except RpcError as exc:  # the chain decides later: a receipt, or the nonce moving on
+            refused = exc
+        async with self.db.begin() as conn:
+            await journal.mark_sent(conn, batch_id, tx_hash, at=self.clock(), accepted=refused is None)
+        return refused
+
+    async def _replace(self, batch: OpenBatch) -> str | None:
+        """Journal, then broadcast, a re-priced copy of the newest candidate; its hash, or None."""
+        previous = batch.latest
+        cap = self.replacement.cap_for(e.trigger for e in batch.entries)
+        suggested = self.chain.policy.clamp_gas_price(await self.chain.gas_price())
+        price = self.replacement.price(previous.gas_price, suggested, cap)
+        waited = self.clock() - (previous.broadcast_at or 0.0)
+        if price is None:
+            if batch.id not in self._capped:
+                self._capped.add(batch.id)
+                self.metrics.alerts.labels("gas_price_cap").inc()
+                logger.error(
+                    "settlement transaction %s (nonce %d) pending for %.0f s at %d neuron/gas; "
+                    "a replacement would exceed the gas price cap %s, so it waits",
+                    previous.tx_hash,
+                    batch.tx_nonce,
+                    waited,
+                    previous.gas_price,
+                    cap,
+                )
+            return None
+        signed = self.wallet.reprice(previous.raw_tx, price)
+        async with self.db.begin() as conn:
+            journaled = await journal.journal_replacement(
+                conn,
+                batch.id,
+                replaces=previous.tx_hash,
+                tx_hash=signed.tx_hash,
+                raw_tx=signed.raw,
+                gas_price=price,
+            )
+        if not journaled:  # closed or replaced by another process meanwhile
+            return None
+        self._crash("before_replace")
+        refused = await self.broadcast(batch.id, signed.tx_hash, signed.raw)
+        self.metrics.replacements.labels("refused" if refused else "sent").inc()
+        logger.warning(
+            "settlement transaction %s (nonce %d) not mined after %.0f s; replaced by %s "
+            "at %d neuron/gas (was %d)%s",
+            previous.tx_hash,
+            batch.tx_nonce,
+            waited,
+            signed.tx_hash,
+            price,
+            previous.gas_price,
+            f"; the node refused it: {refused}" if refused else "",
+        )
+        self._crash("after_replace")
+        return signed.tx_hash
 
     async def _abandon(self, batch: OpenBatch) -> list[EntryOutcome] | None:
         users = [to_checksum_address(e.user) for e in batch.entries]
