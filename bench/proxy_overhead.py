@@ -17,14 +17,10 @@ the broker process, read from /proc/<pid>/stat before and after each run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -34,87 +30,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import Run, load, spawn  # noqa: E402
 from zgserve.client.tokens import ephemeral_token  # noqa: E402
 from zgserve.common.money import OG  # noqa: E402
 from zgserve.common.net import free_port, wait_http  # noqa: E402
 from zgserve.devnet.network import start_devnet  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-WARMUP = 20
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass
-class Run:
-    requests: int
-    seconds: float
-    latencies: list[float]
-    cpu: dict[str, float]
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-    def cpu_us(self, name: str) -> float:
-        return self.cpu.get(name, 0.0) / (self.requests + WARMUP) * 1e6
-
-
-async def load(
-    url: str,
-    body: bytes,
-    headers: dict[str, str],
-    stream: bool,
-    connections: int,
-    seconds: float,
-    pids: dict[str, int],
-) -> Run:
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=connections)
-    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                if stream:
-                    async for _ in resp.content.iter_any():
-                        pass
-                else:
-                    await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"{url} answered {resp.status}: {await resp.text()}")
-            latencies.append(time.perf_counter() - t0)
-
-        for _ in range(WARMUP):
-            await one()
-        latencies.clear()
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                await one()
-
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - start
-    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
-    return Run(len(latencies), elapsed, latencies, cpu)
-
-
-def spawn(
-    cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None
-) -> subprocess.Popen[bytes]:
-    out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # closed with the process
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
 
 
 async def main(seconds: float) -> None:
@@ -190,29 +110,29 @@ async def main(seconds: float) -> None:
                     direct = await load(
                         f"http://127.0.0.1:{fake_port}/v1/chat/completions",
                         body,
-                        plain,
-                        stream,
-                        connections,
-                        seconds,
-                        pids,
+                        headers=plain,
+                        stream=stream,
+                        connections=connections,
+                        seconds=seconds,
+                        pids=pids,
                     )
                     via_service = await load(
                         f"http://127.0.0.1:{service_port}/v1/chat/completions",
                         body,
-                        plain,
-                        stream,
-                        connections,
-                        seconds,
-                        pids,
+                        headers=plain,
+                        stream=stream,
+                        connections=connections,
+                        seconds=seconds,
+                        pids=pids,
                     )
                     via_broker = await load(
                         f"http://127.0.0.1:{broker_port}/v1/proxy/chat/completions",
                         body,
-                        authed,
-                        stream,
-                        connections,
-                        seconds,
-                        pids,
+                        headers=authed,
+                        stream=stream,
+                        connections=connections,
+                        seconds=seconds,
+                        pids=pids,
                     )
                     rows.append((stream, connections, direct, via_service, via_broker))
             print_table(rows)

@@ -15,92 +15,26 @@ machine, unlike wall-clock figures).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import load, spawn  # noqa: E402
 from zgserve.common.net import free_port, wait_http  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (fields 14 and 15 of /proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-@dataclass
-class Run:
-    requests: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rps(self) -> float:
-        return self.requests / self.seconds
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-async def load(url: str, body: bytes, stream: bool, connections: int, seconds: float) -> Run:
-    latencies: list[float] = []
-    headers = {"Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=connections)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one() -> None:
-            t0 = time.perf_counter()
-            async with session.post(url, data=body, headers=headers) as resp:
-                if stream:
-                    async for _ in resp.content.iter_any():
-                        pass
-                else:
-                    await resp.read()
-                if resp.status != 200:
-                    raise RuntimeError(f"{url} answered {resp.status}")
-            latencies.append(time.perf_counter() - t0)
-
-        for _ in range(20):  # warm up connections and caches
-            await one()
-        latencies.clear()
-        deadline = time.perf_counter() + seconds
-        start = time.perf_counter()
-
-        async def worker() -> None:
-            while time.perf_counter() < deadline:
-                await one()
-
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - start
-    return Run(len(latencies), elapsed, latencies)
-
-
-def start(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
 
 
 async def main(seconds: float) -> None:
     fake_port, service_port = free_port(), free_port()
     tmp = tempfile.mkdtemp(prefix="zg-bench-")
-    fake = start([sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(fake_port)])
-    service = start(
+    fake = spawn([sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(fake_port)])
+    service = spawn(
         [
             str(Path(sys.executable).parent / "zgserve"),
             "service",
@@ -137,14 +71,20 @@ async def main(seconds: float) -> None:
             ).encode()
             for connections in (1, 32):
                 direct = await load(
-                    f"http://127.0.0.1:{fake_port}/v1/chat/completions", body, stream, connections, seconds
+                    f"http://127.0.0.1:{fake_port}/v1/chat/completions",
+                    body,
+                    stream=stream,
+                    connections=connections,
+                    seconds=seconds,
                 )
-                cpu0 = cpu_seconds(service.pid)
                 proxied = await load(
-                    f"http://127.0.0.1:{service_port}/v1/chat/completions", body, stream, connections, seconds
+                    f"http://127.0.0.1:{service_port}/v1/chat/completions",
+                    body,
+                    stream=stream,
+                    connections=connections,
+                    seconds=seconds,
+                    pids={"service": service.pid},
                 )
-                cpu = cpu_seconds(service.pid) - cpu0
-                warm_requests = proxied.requests + 20  # the warm-up requests also cost CPU
                 rows.append(
                     (
                         mode,
@@ -153,7 +93,7 @@ async def main(seconds: float) -> None:
                         proxied.rps,
                         (proxied.pct(0.5) - direct.pct(0.5)) * 1e3,
                         (proxied.pct(0.99) - direct.pct(0.99)) * 1e3,
-                        cpu / warm_requests * 1e6,
+                        proxied.cpu_us("service"),
                     )
                 )
         print()
