@@ -24,8 +24,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 
+from tests.asgi import serve
 from tests.fakes.openai_backend import FakeOpenAIBackend
 from zgserve.broker.app import create_app as create_broker
 from zgserve.broker.settings import load_settings as load_broker_settings
@@ -44,24 +44,6 @@ pytestmark = pytest.mark.slow
 INPUT_PRICE = 1_000_000_000
 OUTPUT_PRICE = 2_000_000_000
 DEPOSIT = 10 * OG
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn in this event loop; yields its base URL."""
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @contextlib.asynccontextmanager

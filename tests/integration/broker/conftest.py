@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -26,8 +25,8 @@ from typing import Any
 
 import asyncpg
 import pytest
-import uvicorn
 
+from tests.asgi import serve
 from tests.fakes.openai_backend import FakeOpenAIBackend
 from zgserve.broker.app import BrokerDeps, create_app
 from zgserve.broker.auth import token_digest_message
@@ -42,25 +41,6 @@ from zgserve.devnet.network import Devnet
 PG_DSN = os.environ.get("ZGSERVE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 INPUT_PRICE = 1_000_000_000
 OUTPUT_PRICE = 2_000_000_000
-
-
-@contextlib.asynccontextmanager
-async def serve(app: Any, port: int | None = None) -> AsyncIterator[str]:
-    """Run an ASGI app with uvicorn in this event loop; yields its base URL."""
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up (see the log)")
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.integration.broker.conftest import StartBroker, serve
+from tests.asgi import serve
+from tests.integration.broker.conftest import StartBroker
 from zgserve.broker import registration
 from zgserve.broker.app import create_app
 from zgserve.broker.core import ServiceState
