@@ -24,23 +24,10 @@ _USR = cast(Table, UserRow.__table__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class StoredRequest:
-    """A charged request as stored, with its settlement linkage."""
+class StoredRequest(FeeRecord):
+    """A charged request as stored: the record, its row id and its settlement linkage."""
 
     id: int
-    request_id: str
-    user: str
-    model: str
-    endpoint: str
-    stream: bool
-    input_tokens: int
-    output_tokens: int
-    input_price: int
-    output_price: int
-    fee: int
-    response_id: str | None
-    status: str
-    created_at: datetime
     settled: bool
     settlement_id: int | None
     settlement_nonce: int | None
