@@ -221,6 +221,7 @@ class ProxiedStream:
         self._done: bytes | None = None  # the backend's [DONE] event, held back until the end
         self._after_done = b""
         self.client_gone = False
+        self.last_block = False  # the block ``blocks`` yields is the last and the backend is done
         self.response_id = ""
         self._model: Any = payload.get("model")
         self._created: Any = None
@@ -310,6 +311,9 @@ class ProxiedStream:
             self._hash.update(out)
             request_hash = hashlib.sha256(self._request_body).hexdigest()
             self._proxy.sign(self.response_id, signed_text_from_hashes(request_hash, self._hash.hexdigest()))
+            # Only when the backend's body is complete: the client may send its next request as soon
+            # as this block ends the response, and this connection must be back in the pool by then.
+            self.last_block = self._resp.at_eof
             yield out
             await self._drain()
         finally:

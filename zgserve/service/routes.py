@@ -155,17 +155,20 @@ async def _send_stream(receive: Receive, send: Send, stream: ProxiedStream) -> N
 
     watcher = asyncio.create_task(watch_disconnect())
     blocks = stream.blocks()
+    ended = False
     try:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         async for block in blocks:
+            # The signed last block ends the response in the same write as its terminator.
+            ended = stream.last_block
             try:
-                await send({"type": "http.response.body", "body": block, "more_body": True})
+                await send({"type": "http.response.body", "body": block, "more_body": not ended})
             except OSError:  # servers that raise on a gone client instead of ignoring the write
                 stream.mark_client_gone()
     finally:
         watcher.cancel()
         await blocks.aclose()
-    if not stream.client_gone:
+    if not stream.client_gone and not ended:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -116,10 +116,12 @@ class ProxyApp:
         self._bytes_per_token = s.billing.input_bytes_per_token
         self._extra_headers = {k: v.get_secret_value() for k, v in s.upstream.headers.items()}
         self._prefix = urlsplit(s.target_url).path.rstrip("/")
+        self._in_flight = 0  # requests being served; 1 lets the record commit skip the writer thread
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         rest = scope["path"][len(PREFIX) :] or "/"
         method = scope["method"]
+        self._in_flight += 1
         try:
             if method == "POST" and rest in CHARGED:
                 await self._charged(scope, receive, send, rest)
@@ -140,6 +142,8 @@ class ProxyApp:
             logger.exception("%s %s%s failed", method, PREFIX, rest)
             with contextlib.suppress(Exception):  # the response may have started already
                 await send_error(send, ZgError("internal error"))
+        finally:
+            self._in_flight -= 1
 
     def _count_rejection(self, exc: ZgError) -> None:
         if exc.status in (401, 402, 403):
@@ -294,7 +298,7 @@ class ProxyApp:
             status=status,
             created_at=utcnow(),
         )
-        await self.core.writer.write(record)
+        await self.core.writer.write(record, alone=self._in_flight == 1)
         ctx.reservation.charge(fee)
         self.core.metrics.fees.inc(fee)
         self.core.metrics.unsettled.inc(fee)
@@ -350,10 +354,11 @@ class ProxyApp:
         delivered = 0
         recorded = False
         disconnected = False
+        ended = False
         try:
 
             async def deliver(chunk: bytes, content: int) -> bool:
-                nonlocal recorded, delivered, disconnected
+                nonlocal recorded, delivered, disconnected, ended
                 if watcher.done():
                     disconnected = True
                     return False
@@ -365,7 +370,9 @@ class ProxyApp:
                     except ZgError as exc:
                         await send({"type": "http.response.body", "body": _sse_error(exc), "more_body": True})
                         return False
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # Recorded and nothing more to come: the chunk and the terminator leave in one write.
+                ended = recorded and upstream.at_eof
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
                 delivered += content
                 return True
 
@@ -391,7 +398,7 @@ class ProxyApp:
                     if not disconnected:
                         await send({"type": "http.response.body", "body": _sse_error(exc)})
                     return
-            if not disconnected:
+            if not disconnected and not ended:
                 await send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
