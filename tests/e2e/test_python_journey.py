@@ -16,7 +16,9 @@ llama.cpp server with SmolLM2.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,11 +26,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import typer
+from typer.testing import CliRunner
 
 from tests.asgi import serve
 from tests.fakes.openai_backend import FakeOpenAIBackend
 from zgserve.broker.app import create_app as create_broker
 from zgserve.broker.settings import load_settings as load_broker_settings
+from zgserve.client.cli import register
 from zgserve.client.openai_client import ExchangeRecorder
 from zgserve.client.provider import response_signer, sdk_would_verify
 from zgserve.client.responses import answer_text, usage
@@ -198,34 +203,87 @@ async def test_python_user_journey(devnet: Devnet, tmp_path: Path, kind: str) ->
             assert ledger.available_balance + account.pending_refund == DEPOSIT - expected
 
 
-async def test_cli_chat_and_verify(devnet: Devnet, tmp_path: Path) -> None:
-    """``zgserve user chat`` and ``verify`` against the same stack, as a user would run them."""
-    import typer
-    from typer.testing import CliRunner
-
-    from zgserve.client.cli import register
-
+async def _cli(deployment_file: Path, key: str, data_home: Path, *args: str) -> tuple[int, str]:
+    """``zgserve user ... ARGS`` with ``XDG_DATA_HOME=data_home``; (exit code, output)."""
     app = typer.Typer()
     app.callback()(lambda: None)
     register(app)
+    argv = ["user", "--deployment", str(deployment_file), "--key", key, *args]
+    env = {"XDG_DATA_HOME": str(data_home), "COLUMNS": "200"}
+    # The command runs its own event loop (asyncio.run), so it runs in a worker thread.
+    result = await asyncio.to_thread(CliRunner().invoke, app, argv, env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+async def test_cli_chat_and_verify(devnet: Devnet, tmp_path: Path) -> None:
+    """``zgserve user chat`` and ``verify`` against the same stack, as a user would run them."""
     deployment_file = devnet.deployment.save(tmp_path / "user-deployment.json")
     user_key = (await devnet.new_account()).private_key
-
-    async def run(*args: str) -> tuple[int, str]:
-        argv = ["user", "--deployment", str(deployment_file), "--key", user_key, *args]
-        result = await asyncio.to_thread(CliRunner().invoke, app, argv, catch_exceptions=False)
-        return result.exit_code, result.output
+    run = functools.partial(_cli, deployment_file, user_key, tmp_path / "data")
 
     async with provider_stack(devnet, tmp_path, "fake") as (provider, _):
         assert (await run("deposit", "5"))[0] == 0
         assert (await run("acknowledge", provider))[0] == 0
         for extra in ([], ["--stream"]):
-            code, output = await run("chat", provider, "Hello there", "--max-tokens", "16", *extra)
+            args = ("chat", provider, "Hello there", "--max-tokens", "16", "--no-history", *extra)
+            code, output = await run(*args)
             assert code == 0, output
             assert "RESULT: verified" in output
             assert "PASS         response hash" in output
+        assert not (tmp_path / "data").exists()  # --no-history keeps nothing
         code, output = await run("verify", provider, "--offline")
         # The quote binds the on-chain signer, but a simulated TEE is never reported as attested.
         assert "PASS         /v1/quote report_data is the on-chain TEE signer" in output
         assert "SIMULATED" in output
         assert code == 1, output
+
+
+async def test_cli_audit(devnet: Devnet, tmp_path: Path) -> None:
+    """``zgserve user chat`` keeps the answers; after a settlement ``zgserve user audit`` checks them."""
+    deployment_file = devnet.deployment.save(tmp_path / "user-deployment.json")
+    account = await devnet.new_account()
+    run = functools.partial(_cli, deployment_file, account.private_key, tmp_path / "data")
+
+    async with provider_stack(devnet, tmp_path, "fake") as (provider, broker_url):
+        assert (await run("deposit", "5"))[0] == 0
+        assert (await run("acknowledge", provider))[0] == 0
+        for extra in ([], ["--stream"]):
+            code, output = await run("chat", provider, "Hello there", "--max-tokens", "16", *extra)
+            assert code == 0, output
+            assert "kept for a later audit" in output
+        kept = tmp_path / "data" / "zgserve" / "exchanges" / f"{account.address}-{provider}.jsonl"
+        assert kept.stat().st_mode & 0o777 == 0o600
+        lines = kept.read_text().splitlines()
+        assert len(lines) == 2
+
+        async with aiohttp.ClientSession() as http, http.post(broker_url + "/v1/settle", json={}) as resp:
+            report = json.loads(await resp.read())
+            assert resp.status == 200, report
+        assert {s["status"] for s in report["settlements"]} == {"success"}, report
+
+        code, output = await run("audit", provider)
+        assert code == 0, output
+        assert "2/2 receipts match held answers" in output
+        assert "2/2 answers signed by the service" in output
+        assert "2 Merkle proofs" in output
+        assert "0 of the provider's 2 receipts could not be matched" in output
+        assert "RESULT: verified" in output
+
+        # The first answer's bytes changed after the fact: the service's signature no longer covers them.
+        record = json.loads(lines[0])
+        body = base64.b64decode(record["response"])
+        answer = json.loads(body)["choices"][0]["message"]["content"]
+        record["response"] = base64.b64encode(body.replace(answer.encode(), b"something else")).decode()
+        tampered = tmp_path / "tampered.jsonl"
+        tampered.write_text(json.dumps(record) + "\n" + lines[1] + "\n")
+        code, output = await run("audit", provider, "--history", str(tampered))
+        assert code == 1, output
+        assert "the service's signature does not verify" in output
+        assert "RESULT: FAILED" in output
+
+        # Only one answer kept: the other receipt cannot be matched, and the audit says so.
+        partial = tmp_path / "partial.jsonl"
+        partial.write_text(lines[1] + "\n")
+        code, output = await run("audit", provider, "--history", str(partial))
+        assert code == 3, output
+        assert "1 of the provider's 2 receipts could not be matched" in output

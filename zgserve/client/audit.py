@@ -85,14 +85,29 @@ def usage_of(body: bytes) -> tuple[int, int]:
 
 @dataclass
 class AuditReport:
-    problems: list[str] = field(default_factory=list)
+    """The outcome of one settlement's audit.
+
+    ``failures`` are checks that failed; ``unmatched`` the response ids charged by a
+    request receipt that the user holds no answer for (kept apart: the user may simply
+    not have kept it, or the provider charged for an answer it never gave); ``verified``
+    names what was checked and held.
+    """
+
+    failures: list[str] = field(default_factory=list)
+    unmatched: list[str] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     receipts: int = 0
     total_fee: int = 0
 
     @property
+    def problems(self) -> list[str]:
+        """The failures, then one line per unmatched receipt."""
+        return self.failures + [f"no response {sid!r} among those held" for sid in self.unmatched]
+
+    @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.failures and not self.unmatched
 
 
 def audit_settlement(
@@ -120,26 +135,49 @@ def audit_settlement(
     report.receipts = len(receipts)
 
     _check_signature(settlement, root, total, signer, report)
-    if sum(r.fee for r in receipts) != total:
-        report.problems.append(f"totalFee {total} != sum of receipts {sum(r.fee for r in receipts)}")
-    for raw, receipt in zip(settlement["receipts"], receipts, strict=True):
-        if not verify_proof(receipt.leaf(), MerkleProof.from_json(raw["proof"]), root):
-            report.problems.append(f"receipt {receipt.request_id}: Merkle proof does not verify")
-    try:
-        if receipts and ReceiptTree(receipts).root != root:
-            report.problems.append("the receipts do not rebuild requestsHash (some are missing or extra)")
-    except ValueError as exc:
-        report.problems.append(f"receipts: {exc}")
-
+    _check_tree(settlement, receipts, root, total, report)
     unpaid_by_nonce = {int(s["nonce"]): int(s.get("unpaid") or 0) for s in earlier}
+    counts = {"matched": 0, "signed": 0, "carry-over": 0}
     for receipt in receipts:
         if receipt.user.lower() != user:
-            report.problems.append(f"receipt {receipt.request_id} belongs to {receipt.user}")
+            report.failures.append(f"receipt {receipt.request_id} belongs to {receipt.user}")
         if receipt.is_carry_over:
-            _check_carry_over(receipt, unpaid_by_nonce, report)
+            counts["carry-over"] += _check_carry_over(receipt, unpaid_by_nonce, report)
         else:
-            _check_request(receipt, held, input_price, output_price, service_signer, report)
+            for name in _check_request(receipt, held, input_price, output_price, service_signer, report):
+                counts[name] += 1
+    requests = sum(1 for r in receipts if not r.is_carry_over)
+    if counts["matched"]:
+        report.verified.append(f"{counts['matched']}/{requests} receipts match held answers")
+    if counts["signed"]:
+        report.verified.append(f"{counts['signed']}/{requests} answers signed by the service")
+    if counts["carry-over"]:
+        report.verified.append(f"{counts['carry-over']} carry-overs")
     return report
+
+
+def _check_tree(
+    settlement: Mapping[str, Any], receipts: list[Receipt], root: bytes, total: int, report: AuditReport
+) -> None:
+    """``totalFee`` is the receipts' sum; every proof verifies; the receipts are exactly the tree."""
+    if sum(r.fee for r in receipts) != total:
+        report.failures.append(f"totalFee {total} != sum of receipts {sum(r.fee for r in receipts)}")
+    else:
+        report.verified.append("totalFee = sum of receipts")
+    proofs_ok = True
+    for raw, receipt in zip(settlement["receipts"], receipts, strict=True):
+        if not verify_proof(receipt.leaf(), MerkleProof.from_json(raw["proof"]), root):
+            report.failures.append(f"receipt {receipt.request_id}: Merkle proof does not verify")
+            proofs_ok = False
+    if receipts and proofs_ok:
+        report.verified.append(f"{len(receipts)} Merkle proofs")
+    try:
+        if receipts and ReceiptTree(receipts).root != root:
+            report.failures.append("the receipts do not rebuild requestsHash (some are missing or extra)")
+        elif receipts:
+            report.verified.append("receipts rebuild requestsHash")
+    except ValueError as exc:
+        report.failures.append(f"receipts: {exc}")
 
 
 def _check_signature(
@@ -164,7 +202,9 @@ def _check_signature(
     if signer is None:
         report.notes.append("signer taken from the broker's answer; pass the on-chain teeSignerAddress")
     if recovered is None or expected is None or recovered.lower() != str(expected).lower():
-        report.problems.append(f"settlement signature recovers to {recovered}, expected {expected}")
+        report.failures.append(f"settlement signature recovers to {recovered}, expected {expected}")
+    else:
+        report.verified.append("settlement signature")
 
 
 def _check_request(
@@ -174,36 +214,48 @@ def _check_request(
     output_price: int,
     service_signer: str | None,
     report: AuditReport,
-) -> None:
+) -> list[str]:
+    """Match one request receipt with the held answer; what held: ``"matched"``, ``"signed"``."""
     h = held.get(r.signature_id)
     if h is None:
-        report.problems.append(f"receipt {r.request_id}: no response {r.signature_id!r} among those held")
-        return
+        report.unmatched.append(r.signature_id)
+        return []
+    failed = len(report.failures)
     if (r.input_tokens, r.output_tokens) != (h.prompt_tokens, h.completion_tokens):
-        report.problems.append(
+        report.failures.append(
             f"receipt {r.request_id}: tokens {r.input_tokens}/{r.output_tokens},"
             f" response says {h.prompt_tokens}/{h.completion_tokens}"
         )
     expected_fee = r.input_tokens * input_price + r.output_tokens * output_price
     if r.fee != expected_fee:
-        report.problems.append(f"receipt {r.request_id}: fee {r.fee} != tokens x prices {expected_fee}")
-    if service_signer is not None and not _service_signature_ok(h, service_signer):
-        report.problems.append(f"response {h.response_id}: the service's signature does not verify")
+        report.failures.append(f"receipt {r.request_id}: fee {r.fee} != tokens x prices {expected_fee}")
+    held_ok = ["matched"] if len(report.failures) == failed else []
+    if service_signer is not None:
+        signed = _service_signature(h, service_signer)
+        if signed is False:
+            report.failures.append(f"response {h.response_id}: the service's signature does not verify")
+        elif signed:
+            held_ok.append("signed")
+    return held_ok
 
 
-def _service_signature_ok(h: HeldResponse, service_signer: str) -> bool:
-    """True when the service's signature covers the held bytes (or there is nothing to check)."""
+def _service_signature(h: HeldResponse, service_signer: str) -> bool | None:
+    """Whether the service's signature covers the held bytes; None when there is nothing to check."""
     if not (h.signature and h.text) or h.request_body is None or h.response_body is None:
-        return True
+        return None
     return verify_exchange(h.request_body, h.response_body, h.text, h.signature, service_signer)
 
 
-def _check_carry_over(r: Receipt, unpaid_by_nonce: Mapping[int, int], report: AuditReport) -> None:
+def _check_carry_over(r: Receipt, unpaid_by_nonce: Mapping[int, int], report: AuditReport) -> int:
+    """1 when the carry-over equals the earlier settlement's unpaid part, else 0."""
     source = int(r.request_id.split(":", 1)[1])
     if source not in unpaid_by_nonce:
         report.notes.append(f"carry-over {r.request_id}: settlement {source} not given; not checked")
     elif unpaid_by_nonce[source] != r.fee:
-        report.problems.append(f"carry-over {r.request_id}: {r.fee} != unpaid {unpaid_by_nonce[source]}")
+        report.failures.append(f"carry-over {r.request_id}: {r.fee} != unpaid {unpaid_by_nonce[source]}")
+    else:
+        return 1
+    return 0
 
 
 def find_double_charges(settlements: Iterable[Mapping[str, Any]]) -> list[str]:

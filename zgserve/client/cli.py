@@ -363,12 +363,52 @@ def chat_cmd(
     stream: bool = typer.Option(False, "--stream", help="Stream the answer."),
     max_tokens: int = typer.Option(128, "--max-tokens", min=1),
     fund: bool = typer.Option(True, "--fund/--no-fund", help="Top the account up first, as the SDK does."),
+    history: Path | None = typer.Option(
+        None, "--history", help="Keep the exchange here for `zgserve user audit` (default: the data dir)."
+    ),
+    no_history: bool = typer.Option(False, "--no-history", help="Do not keep the exchange."),
 ) -> None:
-    """Send one chat through the provider and verify its signature and content."""
+    """Send one chat through the provider, verify its signature and content, keep it for an audit."""
     from zgserve.client.chat import chat
 
-    result = _run(ctx, lambda user: chat(user, provider, message, model, stream, max_tokens, fund))
-    _finish(result)
+    async def action(user: UserClient) -> Verification:
+        kept = None if no_history else _history_path(user, provider, history)
+        return await chat(user, provider, message, model, stream, max_tokens, fund, history=kept)
+
+    _finish(_run(ctx, action))
+
+
+def _history_path(user: UserClient, provider: str, given: Path | None) -> Path:
+    from zgserve.client.history import default_path
+
+    if given is not None:
+        return given
+    try:
+        return default_path(user.address, provider)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{provider!r} is not an address") from exc
+
+
+@user_app.command("audit")
+def audit_cmd(
+    ctx: typer.Context,
+    provider: str = typer.Argument(..., help="Provider address."),
+    history: Path | None = typer.Option(
+        None, "--history", help="The answers kept by `zgserve user chat` (default: the data dir)."
+    ),
+) -> None:
+    """Audit the provider's settlements: receipts, Merkle proofs, each charge against a kept answer.
+
+    Exits 0 when everything verified, 1 when a check failed, 3 when nothing failed but
+    some receipts could not be matched because the answer was not kept.
+    """
+    from zgserve.client.chat import audit
+
+    async def action(user: UserClient) -> int:
+        result = await audit(user, provider, _history_path(user, provider, history))
+        return 1 if result.failed else 0 if result.ok else 3
+
+    raise typer.Exit(_run(ctx, action))
 
 
 @user_app.command("verify")

@@ -41,6 +41,20 @@ class SettlementAudit:
         return not self.double_charges and all(r.ok for r in self.reports)
 
     @property
+    def failed(self) -> bool:
+        """A check failed (as opposed to receipts left unmatched for want of the answer)."""
+        return bool(self.double_charges) or any(r.failures for r in self.reports)
+
+    @property
+    def receipts(self) -> int:
+        return sum(r.receipts for r in self.reports)
+
+    @property
+    def unmatched(self) -> list[str]:
+        """Response ids charged for which the user holds no answer."""
+        return [sid for r in self.reports for sid in r.unmatched]
+
+    @property
     def total_fee(self) -> int:
         return sum(r.total_fee for r in self.reports)
 
