@@ -29,25 +29,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from tests.asgi import serve
+from tests.e2e import stack
+from tests.e2e.stack import INPUT_PRICE, OUTPUT_PRICE
 from tests.fakes.openai_backend import FakeOpenAIBackend
-from zgserve.broker.app import create_app as create_broker
-from zgserve.broker.settings import load_settings as load_broker_settings
 from zgserve.client.cli import register
 from zgserve.client.openai_client import ExchangeRecorder
 from zgserve.client.provider import response_signer, sdk_would_verify
 from zgserve.client.responses import answer_text, usage
 from zgserve.client.user import UserClient
 from zgserve.common.money import OG
-from zgserve.common.net import free_port
 from zgserve.devnet.network import Devnet
-from zgserve.service.app import create_app as create_service
-from zgserve.service.settings import load_settings as load_service_settings
 
 pytestmark = pytest.mark.slow
 
-INPUT_PRICE = 1_000_000_000
-OUTPUT_PRICE = 2_000_000_000
 DEPOSIT = 10 * OG
 
 
@@ -64,32 +58,11 @@ async def backend(kind: str) -> AsyncIterator[tuple[str | None, str]]:
 @contextlib.asynccontextmanager
 async def provider_stack(devnet: Devnet, tmp_path: Path, kind: str) -> AsyncIterator[tuple[str, str]]:
     """Service + broker for a fresh provider; yields (provider address, broker URL)."""
-    async with backend(kind) as (target, model):
-        service_settings = load_service_settings(
-            target_url=target, tee="simulated", gpu_evidence="off", store_path=tmp_path / "signatures.sqlite3"
-        )
-        async with serve(create_service(service_settings)) as service_url:
-            provider = await devnet.new_account()
-            port = free_port()
-            settings = load_broker_settings(
-                None,
-                servingUrl=f"http://127.0.0.1:{port}",
-                targetUrl=service_url + "/v1",
-                model=model,
-                inputPrice=INPUT_PRICE,
-                outputPrice=OUTPUT_PRICE,
-                privateKeys=[provider.private_key],
-                network={"deployment": str(devnet.deployment.save(tmp_path / "deployment.json"))},
-                database={"url": f"sqlite+aiosqlite:///{tmp_path}/broker.db"},
-                tee={"backend": "simulated", "keyFile": str(tmp_path / "broker-tee.json")},
-                auth={"accountCacheSeconds": 0.5},
-            )
-            app = create_broker(settings)  # the production wiring: settlement engine included
-            async with serve(app, port) as broker_url:
-                # The contract owner vouches for the provider's TEE signer (as on testnet/mainnet).
-                owner = devnet.chain.inference(devnet.owner_wallet())
-                await owner.acknowledge_tee_signer_by_owner(provider.address)
-                yield provider.address, broker_url
+    async with (
+        backend(kind) as (target, model),
+        stack.provider_stack(devnet, tmp_path, target_url=target, model=model) as provider,
+    ):
+        yield provider.address, provider.broker_url
 
 
 @pytest.mark.parametrize("kind", ["fake", pytest.param("llama", marks=pytest.mark.llama)])

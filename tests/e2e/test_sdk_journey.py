@@ -19,66 +19,33 @@ import json
 import os
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.asgi import serve
+from tests.e2e.stack import INPUT_PRICE, OUTPUT_PRICE, Provider, provider_stack
 from tests.fakes.openai_backend import FakeOpenAIBackend
-from zgserve.broker.app import create_app as create_broker
-from zgserve.broker.settings import load_settings as load_broker_settings
 from zgserve.common.money import OG
-from zgserve.common.net import free_port
 from zgserve.devnet.network import Devnet
-from zgserve.service.app import create_app as create_service
-from zgserve.service.settings import load_settings as load_service_settings
 
 pytestmark = [pytest.mark.node, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_DIR = ROOT / "node"
 SCRIPT = Path(__file__).parent / "sdk" / "journey.mjs"
-INPUT_PRICE = 1_000_000_000
-OUTPUT_PRICE = 2_000_000_000
 DEPOSIT_OG = 5
-
-
-@dataclass
-class Provider:
-    address: str
-    broker_url: str
 
 
 @contextlib.asynccontextmanager
 async def provider_on(devnet: Devnet, tmp_path: Path) -> AsyncIterator[Provider]:
     """Fake backend, verifiable service and broker for a fresh, owner-acknowledged provider."""
-    async with FakeOpenAIBackend() as fake:
-        service_settings = load_service_settings(
-            target_url=fake.url, tee="simulated", gpu_evidence="off", store_path=tmp_path / "signatures.db"
-        )
-        async with serve(create_service(service_settings)) as service_url:
-            provider = await devnet.new_account()
-            port = free_port()
-            settings = load_broker_settings(
-                None,
-                servingUrl=f"http://127.0.0.1:{port}",
-                targetUrl=service_url + "/v1",
-                model="fake-model",
-                inputPrice=INPUT_PRICE,
-                outputPrice=OUTPUT_PRICE,
-                privateKeys=[provider.private_key],
-                network={"deployment": str(devnet.deployment.save(tmp_path / "deployment.json"))},
-                database={"url": f"sqlite+aiosqlite:///{tmp_path}/broker.db"},
-                tee={"backend": "simulated", "keyFile": str(tmp_path / "broker-tee.json")},
-                auth={"accountCacheSeconds": 0.5},
-            )
-            async with serve(create_broker(settings), port) as broker_url:
-                owner = devnet.chain.inference(devnet.owner_wallet())
-                await owner.acknowledge_tee_signer_by_owner(provider.address)
-                yield Provider(provider.address, broker_url)
+    async with (
+        FakeOpenAIBackend() as fake,
+        provider_stack(devnet, tmp_path, target_url=fake.url, model="fake-model") as provider,
+    ):
+        yield provider
 
 
 async def run_sdk(env: dict[str, str]) -> dict[str, Any]:
