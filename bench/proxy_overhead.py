@@ -61,7 +61,7 @@ async def main(seconds: float) -> None:
                     "--store-path",
                     str(tmp / "sig.sqlite3"),
                 ],
-                env={"ZG_SERVICE_GPU_EVIDENCE": "off"},
+                env={"ZG_SERVICE_GPU_EVIDENCE": "off", "ZG_SERVICE_ALLOWED_PARAMS": '["fake"]'},
             )
             procs.append(service)
             config = {

@@ -47,7 +47,7 @@ async def main(seconds: float) -> None:
             "--store-path",
             f"{tmp}/signatures.sqlite3",
         ],
-        env={"ZG_SERVICE_GPU_EVIDENCE": "off"},
+        env={"ZG_SERVICE_GPU_EVIDENCE": "off", "ZG_SERVICE_ALLOWED_PARAMS": '["fake"]'},
     )
     try:
         await wait_http(f"http://127.0.0.1:{fake_port}/v1/models", 30, 200)

@@ -32,7 +32,11 @@ async def provider_stack(
 ) -> AsyncIterator[Provider]:
     """Service in front of ``target_url`` (None: embedded llama.cpp), broker in front of it."""
     service_settings = load_service_settings(
-        target_url=target_url, tee="simulated", gpu_evidence="off", store_path=tmp_path / "signatures.sqlite3"
+        target_url=target_url,
+        tee="simulated",
+        gpu_evidence="off",
+        store_path=tmp_path / "signatures.sqlite3",
+        allowed_params=["fake"] if target_url else [],  # the fake backend's behaviour field
     )
     async with serve(create_service(service_settings)) as service_url:
         provider = await devnet.new_account()

@@ -1,14 +1,16 @@
 """A small, real OpenAI-compatible backend for tests and benchmarks.
 
 Behaviour is chosen per request by an extra ``"fake"`` object in the request body
-(the proxy forwards bodies unchanged), for example::
+(the service forwards it when its settings name ``fake`` in ``allowed_params``), for example::
 
     {"messages": [...], "stream": true, "fake": {"chunks": 20, "write_size": 7, "die_after": 5}}
 
 ``fake`` keys: ``chunks`` (stream events / words, default 8), ``text`` (fixed
-content instead of words), ``status`` (answer this HTTP error), ``raw_error``
-(error body that is not JSON), ``delay_ms`` (before answering), ``chunk_delay_ms``
-(between stream writes), ``separate_writes`` (one write per event), ``write_size``
+content instead of words), ``pieces`` (the generated tokens, one stream event each, and
+counted as such in usage: a model's segmentation need not be its tokenizer's),
+``status`` (answer this HTTP error), ``raw_error`` (error body that is not JSON),
+``delay_ms`` (before answering), ``chunk_delay_ms`` (between stream writes),
+``separate_writes`` (one write per event), ``write_size``
 (split the SSE body into writes of this many bytes, so events straddle reads),
 ``die_after`` (close the connection after this many events, mid-stream), ``no_id``,
 ``no_usage`` (non-streamed answer without usage), ``json_for_stream`` (answer a
@@ -57,10 +59,16 @@ def prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def _pieces(fake: dict[str, Any]) -> list[str]:
+    if isinstance(fake.get("pieces"), list):
+        return [str(p) for p in fake["pieces"]]
     if isinstance(fake.get("text"), str):
         words = fake["text"].split(" ")
         return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
     return [f"w{i} " for i in range(int(fake.get("chunks", 8)))]
+
+
+def _generated(fake: dict[str, Any], pieces: list[str]) -> int:
+    return len(pieces) if "pieces" in fake else count_words("".join(pieces))
 
 
 class FakeOpenAIBackend:
@@ -158,7 +166,7 @@ class FakeOpenAIBackend:
         if fake.get("no_id"):
             del answer["id"]
         if not fake.get("no_usage"):
-            p, c = prompt_tokens(body), count_words(text)
+            p, c = prompt_tokens(body), _generated(fake, pieces)
             answer["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
         return web.Response(
             body=json.dumps(answer, ensure_ascii=False).encode(), content_type="application/json"
@@ -199,7 +207,7 @@ class FakeOpenAIBackend:
         )
         options = body.get("stream_options") or {}
         if self.stream_usage and options.get("include_usage"):
-            p, c = prompt_tokens(body), count_words("".join(pieces))
+            p, c = prompt_tokens(body), _generated(fake, pieces)
             events.append(
                 chunk([], usage={"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -30,18 +32,18 @@ from zgserve.broker.core import BrokerCore, ServiceState, SettlementFactory, Uns
 from zgserve.broker.db import create_engine, migrate, repo
 from zgserve.broker.db.sink import sink_for
 from zgserve.broker.errors import StorageUnavailable
-from zgserve.broker.metrics import BrokerMetrics, MetricsMiddleware
+from zgserve.broker.metrics import BrokerMetrics, MetricsGate, MetricsMiddleware, serve_metrics
 from zgserve.broker.quote import build_quote
 from zgserve.broker.records import RecordWriter
-from zgserve.broker.routes import admin, ops, user
+from zgserve.broker.routes import admin, openapi, ops, user
 from zgserve.broker.routes.proxy import PREFIX, ProxyApp, send_error
 from zgserve.broker.settings import BrokerSettings
 from zgserve.chain.errors import AccountNotExists
 from zgserve.chain.types import Account
 from zgserve.common.errors import UpstreamUnavailable, ZgError, error_body
+from zgserve.common.http1 import Http1Pool
 from zgserve.common.signing import Signer
 from zgserve.service.attestation import TeeBackend, get_tee_backend
-from zgserve.service.http1 import Http1Pool
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +69,9 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             core = await _start(settings, deps, metrics, stack)
+            listen = settings.metrics.listen_address()
+            if listen is not None:
+                await stack.enter_async_context(serve_metrics(metrics, *listen))
             app.state.core = core
             proxy.core = core
             yield
@@ -79,15 +84,35 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
         headers = {"www-authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
+    async def on_storage_error(request: Request, exc: Exception) -> Response:
+        # A database that is down or restarting is a 503 the client may retry, not a 500.
+        logger.error("%s %s: database error: %s", request.method, request.url.path, type(exc).__name__)
+        return await on_zg_error(request, StorageUnavailable("the broker's database is unavailable"))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        # Routing's own refusals (no such route, wrong method: e.g. a CORS preflight to
+        # the admin API) in the same error shape as everything else.
+        assert isinstance(exc, HTTPException)
+        type_, code = _HTTP_ERRORS.get(exc.status_code, ("invalid_request_error", "invalid_request"))
+        body = error_body(str(exc.detail), type_, code)
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
     async def on_error(request: Request, exc: Exception) -> Response:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return JSONResponse(error_body("internal error", "server_error", "internal_error"), status_code=500)
 
     starlette = Starlette(
-        routes=[*user.routes, *admin.routes, *ops.routes, *_settlement_routes()],
+        routes=[*user.routes, *admin.routes, *ops.routes, *openapi.routes, *_settlement_routes()],
         lifespan=lifespan,
-        exception_handlers={ZgError: on_zg_error, Exception: on_error},
+        exception_handlers={
+            ZgError: on_zg_error,
+            HTTPException: on_http_error,
+            SQLAlchemyError: on_storage_error,
+            Exception: on_error,
+        },
     )
+    # A redirect would be a second path to the same handler: every route answers at one path only.
+    starlette.router.redirect_slashes = False
     proxy = _LateProxy()
 
     async def dispatch(scope: Any, receive: Any, send: Any) -> None:
@@ -97,24 +122,53 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
         else:
             await starlette(scope, receive, send)
 
-    inner = MetricsMiddleware(dispatch, metrics)
+    admin_token = settings.admin.token.get_secret_value() if settings.admin.token else None
+    gated = MetricsGate(
+        dispatch,
+        token=admin_token if settings.metrics.token_required(admin_token is not None) else None,
+        served_here=settings.metrics.listen is None,
+    )
+    inner = MetricsMiddleware(gated, metrics)
     cors = CORSMiddleware(
         inner,
         allow_origins=list(settings.server.allow_origins),
-        allow_methods=["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
         expose_headers=["ZG-Res-Key"],
     )
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         # CORS only concerns browsers, which always send Origin; others skip its send wrapper.
-        if scope["type"] == "http" and any(name == b"origin" for name, _ in scope["headers"]):
+        # Only the routes the SDK calls from a browser get it: the admin API and /metrics
+        # never do, so no web page can read them, and their preflights are refused.
+        if (
+            scope["type"] == "http"
+            and browser_route(scope["path"])
+            and any(name == b"origin" for name, _ in scope["headers"])
+        ):
             await cors(scope, receive, send)
         else:
             await inner(scope, receive, send)
 
     app.state = starlette.state  # type: ignore[attr-defined]  # lets tests reach app.state.core
     return app
+
+
+_HTTP_ERRORS = {
+    404: ("not_found_error", "route_not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+}
+# The user's own routes (the admin API has /v1/user and /v1/user/{address}).
+_BROWSER_USER_ROUTE = re.compile(r"/v1/user/[^/]+/(?:unsettledfee|settlements(?:/[^/]+)?)")
+
+
+def browser_route(path: str) -> bool:
+    """True for the routes the SDK calls from a browser, the only ones with CORS headers."""
+    return (
+        path.startswith(PREFIX + "/")
+        or path in ("/v1/quote", "/v1/models")
+        or _BROWSER_USER_ROUTE.fullmatch(path) is not None
+    )
 
 
 class _LateProxy:
@@ -203,7 +257,11 @@ async def _start(
     accounts = AccountCache(
         fetch, ttl=settings.auth.account_cache_seconds, max_stale=settings.auth.max_stale_seconds
     )
-    verifier = TokenVerifier(provider_address, cache_size=settings.auth.token_cache_size)
+    verifier = TokenVerifier(
+        provider_address,
+        cache_size=settings.auth.token_cache_size,
+        cache_bytes=settings.auth.token_cache_bytes,
+    )
 
     async def load_owed(user_address: str) -> tuple[int, int]:
         try:
@@ -217,7 +275,7 @@ async def _start(
         load_owed, refresh=settings.auth.account_cache_seconds, min_locked=settings.billing.min_locked_balance
     )
     sink = sink_for(engine, sqlite_synchronous=settings.database.sqlite_synchronous)
-    writer = RecordWriter(sink, batch=settings.database.commit_batch)
+    writer = RecordWriter(sink, batch=settings.database.commit_batch, retry_s=settings.database.retry_seconds)
     await writer.start()
     stack.push_async_callback(writer.stop)
     async with engine.connect() as conn:

@@ -4,10 +4,14 @@ A request is admitted only if::
 
     balance - pendingRefund - unsettled - reserved(in flight) - minLocked >= estimate
 
-where ``estimate = input estimate × inputPrice + output reservation × outputPrice``
-(``max_tokens`` or ``max_completion_tokens`` when given, else the configured cap;
-the input estimate is the body size divided by ``inputBytesPerToken``, an upper
-bound for real tokenizers with the default of 1). The reservation is taken in the
+where ``estimate = input estimate × inputPrice + output cap × outputPrice``. The
+output cap is :func:`zgserve.common.output_cap.output_cap` (every length and
+choice-count field a backend honours, never above the provider's limit), and the
+service enforces the same cap on the backend, so output can never exceed it. The
+input estimate is the body size divided by ``inputBytesPerToken``, an upper bound
+for real tokenizers with the default of 1 (every token is at least one byte, and
+JSON syntax outweighs a chat template's tokens). A fee is never recorded above
+its reservation. The reservation is taken in the
 same event-loop step as the check, so concurrent requests of one user cannot
 both pass on the same headroom; it is replaced by the real fee once the request
 is recorded, or dropped if nothing is charged. A user with debt (the unpaid part
@@ -43,15 +47,6 @@ class Prices:
 
     def fee(self, input_tokens: int, output_tokens: int) -> int:
         return input_tokens * self.input + output_tokens * self.output
-
-
-def output_reservation(request: dict[str, Any], cap: int) -> int:
-    """Output tokens to reserve: the request's ``max_tokens`` (or ``max_completion_tokens``), else ``cap``."""
-    for key in ("max_completion_tokens", "max_tokens"):
-        value = request.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return cap
 
 
 def input_estimate(body: bytes, bytes_per_token: int) -> int:

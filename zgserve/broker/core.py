@@ -25,9 +25,9 @@ from zgserve.broker.db import repo
 from zgserve.broker.metrics import BrokerMetrics
 from zgserve.broker.records import RecordWriter
 from zgserve.broker.settings import BrokerSettings
+from zgserve.common.http1 import Http1Pool
 from zgserve.common.money import to_wire
 from zgserve.common.signing import Signer
-from zgserve.service.http1 import Http1Pool
 
 logger = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from zgserve.common.errors import (
     PaymentRequired,
     Unauthorized,
     UpstreamUnavailable,
+    ZgError,
 )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ChainUnavailable",
     "InsufficientBalance",
     "InvalidJson",
+    "JsonContentTypeRequired",
     "MalformedToken",
     "MissingToken",
     "OutstandingDebt",
@@ -31,6 +33,7 @@ __all__ = [
     "StorageUnavailable",
     "TokenExpired",
     "TokenRevoked",
+    "TokenTooLarge",
     "WrongProvider",
 ]
 
@@ -41,6 +44,12 @@ class MissingToken(Unauthorized):
 
 class MalformedToken(Unauthorized):
     code = "invalid_token"
+
+
+class TokenTooLarge(MalformedToken):
+    """The token's header is over its size limit; refused before it is decoded."""
+
+    code = "token_too_large"
 
 
 class BadSignature(Unauthorized):
@@ -97,6 +106,18 @@ class OutstandingDebt(PaymentRequired):
 
 class InvalidJson(BadRequest):
     code = "invalid_json"
+
+
+class JsonContentTypeRequired(ZgError):
+    """A state-changing admin call without ``Content-Type: application/json`` (nor the admin token).
+
+    A cross-site "simple" request (a form, ``fetch`` with ``text/plain``) can set
+    neither, so requiring one keeps web pages from driving the admin API.
+    """
+
+    status = 415
+    code = "json_content_type_required"
+    type = "invalid_request_error"
 
 
 class ChainUnavailable(UpstreamUnavailable):

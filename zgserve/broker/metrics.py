@@ -1,14 +1,37 @@
-"""Prometheus metrics of one broker app, in its own registry (no process-global state)."""
+"""Prometheus metrics of one broker app, in its own registry (no process-global state).
+
+``/metrics`` shows fees and users' activity, so :class:`MetricsGate` decides who
+reaches it on the main port: anyone (the default, for a scraper on a private
+network), only holders of the admin token (``metrics.requireToken``), or nobody
+when it is served on a port of its own (``metrics.listen``, see
+:func:`serve_metrics`). It never gets CORS headers, so no web page can read it.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import json
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["CONTENT_TYPE_LATEST", "BrokerMetrics", "MetricsMiddleware", "route_label"]
+from zgserve.common.errors import Forbidden, NotFound, ZgError
+
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "METRICS_PATH",
+    "BrokerMetrics",
+    "MetricsGate",
+    "MetricsMiddleware",
+    "route_label",
+    "serve_metrics",
+]
+
+METRICS_PATH = "/metrics"
 
 _CHARGED = {"/v1/proxy/chat/completions", "/v1/proxy/completions"}
 _FIXED = {
@@ -19,6 +42,7 @@ _FIXED = {
     "/v1/user",
     "/v1/request",
     "/v1/sync-account",
+    "/v1/settlement",
     "/health",
     "/metrics",
 }
@@ -33,7 +57,11 @@ def route_label(path: str) -> str:
     if path.startswith("/v1/proxy/"):
         return "/v1/proxy/attestation/report" if path == "/v1/proxy/attestation/report" else "/v1/proxy/*"
     if path.startswith("/v1/user/"):
-        return "/v1/user/{address}/unsettledfee" if path.endswith("/unsettledfee") else "/v1/user/{address}"
+        if path.endswith("/unsettledfee"):
+            return "/v1/user/{address}/unsettledfee"
+        if "/settlements" in path:
+            return "/v1/user/{address}/settlements"
+        return "/v1/user/{address}"
     return "other"
 
 
@@ -95,3 +123,50 @@ class MetricsMiddleware:
                 self._children[key] = children
             children[0].inc()
             children[1].observe(time.perf_counter() - start)
+
+
+class MetricsGate:
+    """Pure ASGI: lets a request reach ``/metrics`` on the main port only if the settings allow it."""
+
+    def __init__(self, app: Any, *, token: str | None = None, served_here: bool = True) -> None:
+        self.app = app
+        self._expected = None if token is None else ("Bearer " + token).encode()
+        self._served_here = served_here
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == METRICS_PATH:
+            refusal = self._refusal(scope)
+            if refusal is not None:
+                await _send_error(send, refusal)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Any) -> ZgError | None:
+        if not self._served_here:
+            return NotFound("metrics are served on their own port (metrics.listen)")
+        if self._expected is not None:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            if not hmac.compare_digest(given, self._expected):
+                return Forbidden(
+                    "/metrics needs 'Authorization: Bearer <admin token>'", code="admin_forbidden"
+                )
+        return None
+
+
+async def _send_error(send: Any, exc: ZgError) -> None:
+    body = json.dumps(exc.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(metrics: BrokerMetrics, host: str, port: int) -> Any:
+    """Serve ``metrics`` on ``host:port`` (a thread of prometheus_client's) until the block ends."""
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.shutdown)  # waits for its poll loop (<= 0.5 s)
+        server.server_close()
+        thread.join(timeout=5)

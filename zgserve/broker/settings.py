@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -72,6 +80,9 @@ class DatabaseSettings(_Section):
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     commit_batch: int = Field(default=256, gt=0, description="max records per group commit")
     pool_size: int = Field(default=5, gt=0)
+    retry_seconds: float = Field(
+        default=5.0, ge=0, description="a fee record is retried this long while the database reconnects"
+    )
 
 
 class AuthSettings(_Section):
@@ -82,12 +93,18 @@ class AuthSettings(_Section):
         default=30.0, ge=0, description="serve from cache this long if the RPC fails"
     )
     token_cache_size: int = Field(default=10_000, gt=0)
+    token_cache_bytes: int = Field(
+        default=16 << 20, gt=0, description="bound on the memory of verified tokens kept"
+    )
 
 
 class BillingSettings(_Section):
     max_output_tokens: int = Field(
-        default=4096, gt=0, description="output reservation when max_tokens is absent"
+        default=4096,
+        gt=0,
+        description="the most output tokens one answer may have (reserved when max_tokens is absent)",
     )
+    max_choices: int = Field(default=8, gt=0, le=128, description="the most answers (n, best_of) per request")
     input_bytes_per_token: int = Field(
         default=1, gt=0, description="input estimate for admission: bytes / this"
     )
@@ -105,6 +122,41 @@ class AdminSettings(_Section):
     token: SecretStr | None = Field(
         default=None, description="when set, admin routes need it from any address"
     )
+
+
+class MetricsSettings(_Section):
+    """Who may read ``/metrics`` (it shows fees and users' activity)."""
+
+    require_token: bool | None = Field(
+        default=None,
+        description="/metrics needs the admin token; unset: needed whenever admin.token is set",
+    )
+    listen: str | None = Field(
+        default=None, description="host:port to serve /metrics on instead of the main port"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    def token_required(self, admin_token_set: bool) -> bool:
+        # An admin token means the broker's port is open beyond loopback: metrics follow suit.
+        return admin_token_set if self.require_token is None else self.require_token
+
+    def listen_address(self) -> tuple[str, int] | None:
+        return None if self.listen is None else split_listen(self.listen)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9100`` for IPv6) → ``(host, port)``; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isascii() or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port, got {value!r}")
+    return host, int(port)
 
 
 class RegistrationSettings(_Section):
@@ -186,7 +238,9 @@ class BrokerSettings(BaseSettings):
     )
 
     serving_url: str = Field(description="public URL written on-chain; users reach the broker here")
-    target_url: str = Field(description="the verifiable service, e.g. http://127.0.0.1:8000")
+    target_url: str = Field(
+        description="the verifiable service, e.g. http://127.0.0.1:8000 (kept as its OpenAI base: .../v1)"
+    )
     model: str
     input_price: int = Field(description="neuron per input token")
     output_price: int = Field(description="neuron per output token")
@@ -198,6 +252,7 @@ class BrokerSettings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     billing: BillingSettings = BillingSettings()
     admin: AdminSettings = AdminSettings()
+    metrics: MetricsSettings = MetricsSettings()
     registration: RegistrationSettings = RegistrationSettings()
     tee: TeeSettings = TeeSettings()
     # The settlement engine's own options, validated by its model (zgserve.broker.settlement.config).
@@ -222,12 +277,25 @@ class BrokerSettings(BaseSettings):
                 raise ValueError(f"privateKeys[{i}] is not a 32-byte hex private key")
         return keys
 
+    @model_validator(mode="after")
+    def _metrics_token_needs_admin_token(self) -> BrokerSettings:
+        if self.metrics.require_token and self.admin.token is None:
+            raise ValueError("metrics.requireToken needs admin.token to be set")
+        return self
+
     @field_validator("serving_url", "target_url")
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("target_url")
+    @classmethod
+    def _openai_base(cls, value: str) -> str:
+        # Operators write the service's address (as the README and the official broker's examples
+        # do) or its OpenAI base; both mean the same service, whose routes live under /v1.
+        return value if value.endswith("/v1") else value + "/v1"
 
     @classmethod
     def settings_customise_sources(

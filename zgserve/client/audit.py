@@ -11,7 +11,7 @@ without trusting the broker:
 3. every receipt's Merkle proof verifies against ``requestsHash``, and the receipts
    rebuild exactly that root (none hidden, none added);
 4. every receipt is the user's own, and every request receipt matches a response
-   the user holds: same response id, same token counts, ``fee = input × inputPrice
+   the user holds: same response id, same token counts, ``fee <= input × inputPrice
    + output × outputPrice``, and -- when the user kept the bytes and the service's
    signature -- a valid signature by the service over them;
 5. a carry-over receipt (``debt:<nonce>``) equals the unpaid part of that earlier
@@ -227,8 +227,9 @@ def _check_request(
             f" response says {h.prompt_tokens}/{h.completion_tokens}"
         )
     expected_fee = r.input_tokens * input_price + r.output_tokens * output_price
-    if r.fee != expected_fee:
-        report.failures.append(f"receipt {r.request_id}: fee {r.fee} != tokens x prices {expected_fee}")
+    # Below tokens x prices is allowed: a broker never charges above a request's reservation.
+    if r.fee > expected_fee:
+        report.failures.append(f"receipt {r.request_id}: fee {r.fee} > tokens x prices {expected_fee}")
     held_ok = ["matched"] if len(report.failures) == failed else []
     if service_signer is not None:
         signed = _service_signature(h, service_signer)

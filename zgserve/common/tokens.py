@@ -13,24 +13,47 @@ The client builds and signs tokens with these pieces and the broker parses and
 verifies them with the same ones. The broker calls :meth:`SessionToken.from_raw_message`
 and :func:`decode_api_key` on every request whose token it has not seen yet, so
 they stay plain Python: no model validation on that path.
+
+Anyone can send a token, so everything is bounded before it is decoded: the
+``app-sk-`` text and the message by size (an SDK token is about 500 characters),
+the JSON by depth (:mod:`zgserve.common.jsonsafe`), each number by ASCII digits
+and range, the nonce by length and characters, addresses by their exact form.
+A token outside these bounds is a :class:`TokenFormatError`, never another error.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from eth_hash.auto import keccak
 
+from zgserve.common import jsonsafe
+from zgserve.common.errors import ZgError
 from zgserve.common.signing import eip191_digest, recover_digest_address
 
 TOKEN_PREFIX = "app-sk-"
 EPHEMERAL_TOKEN_ID = 255
 MAX_API_KEY_ID = 254
+
+# Size bounds, checked before any base64 or JSON work. The SDK's message is ~230 bytes
+# and its api key ~500 characters; the bounds leave room for long nonces and spacing.
+MAX_MESSAGE_BYTES = 1024
+MAX_SIGNATURE_CHARS = 256
+MAX_API_KEY_CHARS = len(TOKEN_PREFIX) + 4 * -(-(MAX_MESSAGE_BYTES + 1 + MAX_SIGNATURE_CHARS) // 3)
+MAX_NONCE_CHARS = 64
+# Times are JS numbers in ms: nothing past Number.MAX_SAFE_INTEGER can come from the SDK.
+MAX_SAFE_INTEGER = 2**53 - 1
+MAX_UINT256 = 2**256 - 1
+
+_ADDRESS = re.compile(r"0[xX][0-9a-fA-F]{40}")
+_DIGITS = re.compile(r"[0-9]{1,78}")  # ASCII only: str.isdigit() also takes "²" and "١٢"
+_NONCE = re.compile(r"[\x20-\x7e]*")  # printable ASCII
 
 
 class TokenFormatError(ValueError):
@@ -91,53 +114,53 @@ class SessionToken:
     def from_raw_message(cls, raw_message: str, *, legacy: bool = False) -> SessionToken:
         """The claims of a token message; raises :class:`TokenFormatError`.
 
-        ``address`` must be an address and the numbers integers (or digit strings);
-        missing numbers read as 0, a missing ``tokenId`` as ephemeral. Legacy session
-        tokens carry no ``generation``: read as 0, so revoking all tokens ends them too.
+        ``address`` and ``provider`` must be addresses, the numbers integers (or ASCII
+        digit strings) in range, the nonce a short printable ASCII string; missing
+        numbers read as 0, a missing ``tokenId`` as ephemeral. Legacy session tokens
+        carry no ``generation``: read as 0, so revoking all tokens ends them too.
         """
+        if len(raw_message) > MAX_MESSAGE_BYTES:  # chars <= bytes: a cheap first cut
+            raise TokenFormatError(f"the token message is over {MAX_MESSAGE_BYTES} bytes")
         try:
-            claims = json.loads(raw_message)
-        except ValueError:
-            raise TokenFormatError("the token message is not JSON") from None
-        if not isinstance(claims, dict):
-            raise TokenFormatError("the token message is not a JSON object")
+            claims = jsonsafe.loads_object(
+                raw_message, max_bytes=MAX_MESSAGE_BYTES, max_depth=2, what="the token message"
+            )
+        except ZgError as exc:  # InvalidJson, JsonTooDeep, PayloadTooLarge
+            raise TokenFormatError(exc.message) from None
         address, provider = claims.get("address"), claims.get("provider")
-        if not isinstance(address, str) or not _is_address(address):
+        if not _is_address(address):
             raise TokenFormatError("token field 'address' must be an address")
-        if not isinstance(provider, str):
+        if not _is_address(provider):
             raise TokenFormatError("token field 'provider' must be an address")
-        token_id = _int_claim(claims, "tokenId", EPHEMERAL_TOKEN_ID)
-        if not 0 <= token_id <= EPHEMERAL_TOKEN_ID:
-            raise TokenFormatError("token field 'tokenId' must be 0..255")
+        nonce = claims.get("nonce", "")
+        if not isinstance(nonce, str) or len(nonce) > MAX_NONCE_CHARS or not _NONCE.fullmatch(nonce):
+            raise TokenFormatError(f"token field 'nonce' must be up to {MAX_NONCE_CHARS} printable ASCII")
         return cls(
             address=address,
             provider=provider,
-            timestamp=_int_claim(claims, "timestamp", 0),
-            expires_at=_int_claim(claims, "expiresAt", 0),
-            nonce=str(claims.get("nonce", "")),
-            generation=_int_claim(claims, "generation", 0),
-            token_id=token_id,
+            timestamp=_int_claim(claims, "timestamp", 0, MAX_SAFE_INTEGER),
+            expires_at=_int_claim(claims, "expiresAt", 0, MAX_SAFE_INTEGER),
+            nonce=nonce,
+            generation=_int_claim(claims, "generation", 0, MAX_UINT256),
+            token_id=_int_claim(claims, "tokenId", EPHEMERAL_TOKEN_ID, EPHEMERAL_TOKEN_ID),
             legacy=legacy,
         )
 
 
-def _int_claim(claims: Mapping[str, Any], key: str, default: int) -> int:
+def _int_claim(claims: Mapping[str, Any], key: str, default: int, maximum: int) -> int:
+    """A JSON integer or a string of ASCII digits, in ``0..maximum``."""
     value = claims.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
-        raise TokenFormatError(f"token field {key!r} must be an integer")
+    if isinstance(value, str) and _DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        bound = maximum if maximum < 10**6 else f"2^{maximum.bit_length()}-1"
+        raise TokenFormatError(f"token field {key!r} must be an integer (ASCII digits) in 0..{bound}")
     return value
 
 
-def _is_address(value: str) -> bool:
-    if len(value) != 42 or not value.startswith(("0x", "0X")):
-        return False
-    try:
-        int(value[2:], 16)
-    except ValueError:
-        return False
-    return True
+def _is_address(value: object) -> TypeGuard[str]:
+    # int(x, 16) would also take spaces, underscores and non-ASCII digits.
+    return isinstance(value, str) and _ADDRESS.fullmatch(value) is not None
 
 
 def encode_api_key(raw_message: str, signature: str) -> str:
@@ -149,8 +172,11 @@ def encode_api_key(raw_message: str, signature: str) -> str:
 def decode_api_key(api_key: str) -> tuple[str, str]:
     """``app-sk-<base64>`` (no ``Bearer``) → ``(rawMessage, signature)``; raises :class:`TokenFormatError`.
 
-    Splits on the last ``|``: the signature has none, the message may.
+    Splits on the last ``|``: the signature has none, the message may. The text is
+    bounded by :data:`MAX_API_KEY_CHARS` before it is decoded.
     """
+    if len(api_key) > MAX_API_KEY_CHARS:
+        raise TokenFormatError(f"the token is over {MAX_API_KEY_CHARS} characters")
     if not api_key.startswith(TOKEN_PREFIX):
         raise TokenFormatError(f"the token does not start with {TOKEN_PREFIX!r}")
     try:
@@ -160,6 +186,8 @@ def decode_api_key(api_key: str) -> tuple[str, str]:
     raw, sep, signature = decoded.rpartition("|")
     if not sep or not raw or not signature:
         raise TokenFormatError("the token is not 'message|signature'")
+    if len(signature) > MAX_SIGNATURE_CHARS:
+        raise TokenFormatError(f"the token signature is over {MAX_SIGNATURE_CHARS} characters")
     return raw, signature
 
 

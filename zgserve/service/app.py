@@ -25,6 +25,8 @@ from zgserve.service.attestation import (
     get_tee_backend,
 )
 from zgserve.service.llama import LlamaConfig, LlamaServer
+from zgserve.service.outbound import RequestLimits
+from zgserve.service.params import ParamPolicy
 from zgserve.service.proxy import SigningProxy
 from zgserve.service.reports import ReportService
 from zgserve.service.routes import (
@@ -55,7 +57,17 @@ def create_app(settings: ServiceSettings, deps: ServiceDeps | None = None) -> Co
     """The service app for ``settings``; ``deps`` replaces parts that would be built from them."""
     deps = deps or ServiceDeps()
     runtime = ServiceRuntime(
-        max_request_bytes=settings.max_request_bytes, retention_s=settings.signature_retention_s
+        policy=ParamPolicy(
+            allowed=frozenset(settings.allowed_params),
+            refused=frozenset(settings.refused_params),
+            allow_json_schema=settings.allow_json_schema,
+        ),
+        limits=RequestLimits(
+            max_request_bytes=settings.max_request_bytes,
+            max_output_tokens=settings.max_output_tokens,
+            max_choices=settings.max_choices,
+        ),
+        retention_s=settings.signature_retention_s,
     )
 
     @contextlib.asynccontextmanager
@@ -101,7 +113,9 @@ def create_app(settings: ServiceSettings, deps: ServiceDeps | None = None) -> Co
             stack.push_async_callback(reports.stop)
 
             counter = TokenCounter(upstream.session, upstream.base_url, upstream.headers)
-            runtime.proxy = SigningProxy(upstream, signer, store, counter)
+            runtime.proxy = SigningProxy(
+                upstream, signer, store, counter, count_timeout_s=settings.prompt_count_timeout_s
+            )
             runtime.upstream = upstream
             runtime.store = store
             runtime.reports = reports
@@ -123,4 +137,7 @@ def create_app(settings: ServiceSettings, deps: ServiceDeps | None = None) -> Co
         # reaches the server-error middleware, which answers 500 JSON and lets the server log it.
         exception_handlers={ZgError: handle_error, HTTPException: handle_error, Exception: handle_error},
     )
+    # Each route has one spelling: a redirect (say from a trailing slash) would be followed by a client
+    # to an answer that no broker in front of us billed.
+    app.router.redirect_slashes = False
     return CompletionFastPath(app, completion_endpoints(runtime))

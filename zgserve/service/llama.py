@@ -5,8 +5,13 @@ Reusable by any component or test suite::
     async with LlamaServer(LlamaConfig()) as llama:
         print(llama.base_url)   # http://127.0.0.1:<port>, OpenAI API under /v1
 
-The server runs as a child process (``python -m zgserve.service.llama_server``);
-if it dies it is restarted with backoff, a bounded number of times.
+The server runs as a child process (``python -m zgserve.service.llama_server``).
+If it dies (a request that crashes llama.cpp, the OOM killer) it is restarted for as
+long as the service runs: a model server that gave up would leave the service
+answering 503 for good, so a few poisoned requests would take the provider down.
+Restarts are paced by a rate window instead: up to ``max_restarts_per_window``
+within ``restart_window_s`` wait ``restart_delay_s`` each; past that, the wait
+doubles per restart up to ``max_backoff_s``, and falls back once the window is quiet.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import importlib.util
 import logging
 import subprocess
 import sys
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -57,7 +64,10 @@ class LlamaConfig:
     n_threads: int = 2
     start_timeout_s: float = 180.0
     log_path: Path | None = None
-    max_restarts: int = 5
+    restart_window_s: float = 60.0
+    max_restarts_per_window: int = 5
+    restart_delay_s: float = 1.0
+    max_backoff_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Any) -> LlamaConfig:
@@ -71,6 +81,9 @@ class LlamaConfig:
             n_threads=settings.n_threads,
             start_timeout_s=settings.start_timeout_s,
             log_path=settings.log_path,
+            restart_window_s=settings.restart_window_s,
+            max_restarts_per_window=settings.max_restarts_per_window,
+            restart_delay_s=settings.restart_delay_s,
         )
 
 
@@ -133,7 +146,12 @@ class LlamaServer:
         done, _ = await asyncio.wait({wait, died}, return_when=asyncio.FIRST_COMPLETED)
         if wait in done:
             died.cancel()
-            wait.result()  # raises TimeoutError if it never answered
+            try:
+                wait.result()  # raises TimeoutError if it never answered
+            except TimeoutError:
+                proc.kill()  # a server that never became ready is not left running beside the next one
+                await proc.wait()
+                raise
             logger.info("llama.cpp server ready at %s (pid %d)", self.base_url, proc.pid)
             return
         wait.cancel()
@@ -142,25 +160,39 @@ class LlamaServer:
             + (f"; see {self.config.log_path}" if self.config.log_path else "")
         )
 
+    def _next_delay(self, recent: deque[float], delay: float) -> float:
+        """The wait before the next restart, given the restart times in the window and the last wait."""
+        config = self.config
+        now = time.monotonic()
+        while recent and now - recent[0] > config.restart_window_s:
+            recent.popleft()
+        recent.append(now)
+        if len(recent) <= config.max_restarts_per_window:
+            return config.restart_delay_s
+        return min(max(delay, config.restart_delay_s) * 2, config.max_backoff_s)
+
     async def _supervise(self) -> None:
-        restarts = 0
-        backoff = 1.0
+        recent: deque[float] = deque()
+        delay = 0.0
         while not self._stopping:
             assert self._proc is not None
             code = await self._proc.wait()
             if self._stopping:
                 return
-            if restarts >= self.config.max_restarts:
-                logger.error("llama.cpp server exited (%s); giving up after %d restarts", code, restarts)
-                return
-            restarts += 1
-            logger.error("llama.cpp server exited (%s); restart %d in %.0f s", code, restarts, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+            delay = self._next_delay(recent, delay)
+            logger.error(
+                "llama.cpp server exited (%s); restart in %.1f s (%d in the last %.0f s)",
+                code,
+                delay,
+                len(recent),
+                self.config.restart_window_s,
+            )
+            await asyncio.sleep(delay)
             try:
                 await self._spawn()
                 self.restarts += 1
-            except (RuntimeError, TimeoutError) as exc:
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                # _proc is the dead process again: the loop waits on it at once and tries later.
                 logger.error("llama.cpp server restart failed: %s", exc)
 
     async def stop(self, timeout_s: float = 10.0) -> None:

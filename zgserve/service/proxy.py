@@ -1,15 +1,16 @@
-"""The signing proxy: forward raw bytes, sign exactly what was received and sent.
+"""The signing proxy: forward the checked request, sign exactly what was received and sent.
 
 Signed text = ``sha256(request bytes as the client sent them)`` ":"
-``sha256(response bytes as sent to the client)``. For streams the service asks
-the backend for usage (``stream_options.include_usage``), so the bytes it
-forwards may differ from what the client sent; the signature still covers the
+``sha256(response bytes as sent to the client)``. The backend gets the request as
+the service read it (:mod:`zgserve.service.outbound`: allow-listed, capped,
+re-serialised, usage requested for streams); the signature still covers the
 client's bytes, the only ones the client can hash. When the backend sends no
 usage, one usage chunk (``choices: []``) is added before ``data: [DONE]``; it is
 part of the signed bytes.
 
 Only the first stream event (for its ``id``) and events that carry a usage object
-are parsed on the way; everything else is forwarded as it came.
+are parsed on the way; the others are parsed at the end, and only to count the
+generated tokens when the backend reported no usage.
 """
 
 from __future__ import annotations
@@ -25,32 +26,33 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from zgserve.common.errors import BadRequest, UpstreamError, error_body
+from zgserve.common.errors import UpstreamError, error_body
+from zgserve.common.http1 import Response
 from zgserve.common.signing import Signer, signed_text, signed_text_from_hashes
 from zgserve.common.sse import DONE_EVENT, SSEEvent, SSEParser, encode_event
-from zgserve.service.http1 import Response
+from zgserve.service.outbound import Outbound, dumps
 from zgserve.service.store import SignatureStore
 from zgserve.service.tokens import TokenCounter
-from zgserve.service.upstream import Upstream, backend_error_body
+from zgserve.service.upstream import Upstream, backend_error
+from zgserve.service.usage import PromptCount, complete_usage, count_prompt, generated_tokens, usage_object
 
 logger = logging.getLogger(__name__)
 
 CLIENT_DISCONNECTED = "response was not completed (client disconnected)"
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
-# Fast path for complete answers: OpenAI-compatible servers put "id" first and a usage object with
-# completion_tokens in every answer. Quotes inside JSON strings are escaped, so these patterns only
-# match real keys; when either misses, the body is parsed in full.
-_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:\-]+)"')
-_USAGE_WITH_COMPLETION = re.compile(rb'"usage"\s*:\s*\{[^{}]*"completion_tokens"\s*:\s*\d')
-_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+# Fast path for complete answers: OpenAI-compatible servers put "id" first and a flat usage object in
+# every answer. Quotes inside JSON strings are escaped, so these patterns only match real keys; when
+# any misses, the body is parsed in full.
+_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([A-Za-z0-9_.:\-]{1,128})"')
+_FLAT_USAGE = re.compile(rb'"usage"\s*:\s*\{([^{}]*)\}')
+_COMPLETION_TOKENS = re.compile(rb'"completion_tokens"\s*:\s*\d')
+_PROMPT_TOKENS = re.compile(rb'"prompt_tokens"\s*:\s*(\d{1,12})\b')
+# Ids the signature route serves; a backend id outside this is replaced by one of ours.
+RESPONSE_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
 def new_response_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 @dataclass(slots=True)
@@ -60,63 +62,46 @@ class Answer:
     status: int
     body: bytes
     response_id: str | None = None
-
-
-def parse_request(body: bytes) -> dict[str, Any]:
-    """The request JSON object; BadRequest when it is not one or ``stream`` is not a boolean."""
-    try:
-        payload = json.loads(body)
-    except ValueError as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
-    if not isinstance(payload.get("stream", False), bool):
-        raise BadRequest("'stream' must be a boolean", param="stream")
-    return payload
-
-
-def with_usage_requested(body: bytes, payload: dict[str, Any]) -> bytes:
-    """The body to send upstream for a stream: ``stream_options.include_usage`` set to true."""
-    options = payload.get("stream_options")
-    if "stream_options" not in payload:
-        # Cheap and exact: the key is absent, so adding it first cannot create a duplicate.
-        brace = body.index(b"{")
-        return body[: brace + 1] + _INCLUDE_USAGE + body[brace + 1 :]
-    if isinstance(options, dict) and options.get("include_usage") is True:
-        return body
-    rewritten = dict(payload)
-    rewritten["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-    return _dumps(rewritten)
+    prompt_tokens: int | None = None
 
 
 class SigningProxy:
     """Forwards completions to the backend and signs every complete answer."""
 
     def __init__(
-        self, upstream: Upstream, signer: Signer, store: SignatureStore, counter: TokenCounter
+        self,
+        upstream: Upstream,
+        signer: Signer,
+        store: SignatureStore,
+        counter: TokenCounter,
+        *,
+        count_timeout_s: float = 10.0,
     ) -> None:
         self.upstream = upstream
         self.signer = signer
         self.store = store
         self.counter = counter
+        self.count_timeout_s = count_timeout_s
 
     def sign(self, response_id: str, text: str) -> None:
         self.store.add_signature(response_id, text, self.signer.sign_text(text), self.signer.address)
 
-    async def complete(self, path: str, body: bytes, payload: dict[str, Any]) -> Answer:
+    async def complete(self, path: str, body: bytes, request: Outbound) -> Answer:
         """A non-streamed completion: forwarded, id and usage ensured, signed."""
-        resp = await self.upstream.post(path, body)
+        resp = await self.upstream.post(path, request.body)
         data = await self.upstream.read(resp)
-        return await self._finish_json(resp.status, data, body, payload)
+        return await self._finish_json(resp.status, data, body, request.payload)
 
     async def _finish_json(self, status: int, data: bytes, body: bytes, payload: dict[str, Any]) -> Answer:
         if not 200 <= status < 300:
-            return Answer(status, backend_error_body(status, data))
+            return Answer(*backend_error(status, data))
         leading_id = _LEADING_ID.match(data)
-        if leading_id is not None and _USAGE_WITH_COMPLETION.search(data) is not None:
+        usage = _FLAT_USAGE.search(data) if leading_id is not None else None
+        if leading_id is not None and usage is not None and _COMPLETION_TOKENS.search(usage.group(1)):
             response_id = leading_id.group(1).decode("ascii")
             self.sign(response_id, signed_text(body, data))
-            return Answer(status, data, response_id)
+            prompt = _PROMPT_TOKENS.search(usage.group(1))
+            return Answer(status, data, response_id, int(prompt.group(1)) if prompt else None)
         try:
             obj = json.loads(data)
         except ValueError as exc:
@@ -125,76 +110,43 @@ class SigningProxy:
             raise UpstreamError("the model backend answered with JSON that is not an object")
         changed = False
         response_id = obj.get("id")
-        if not isinstance(response_id, str) or not response_id:
+        if not isinstance(response_id, str) or not RESPONSE_ID.fullmatch(response_id):
             response_id = obj["id"] = new_response_id()
             changed = True
-        usage = obj.get("usage")
-        if not isinstance(usage, dict) or not isinstance(usage.get("completion_tokens"), int):
-            obj["usage"] = await self._count_complete(payload, obj)
+        usage_obj = obj.get("usage")
+        if not isinstance(usage_obj, dict) or not isinstance(usage_obj.get("completion_tokens"), int):
+            usage_obj = obj["usage"] = await complete_usage(self.counter, payload, obj, self.count_timeout_s)
             changed = True
         if changed:
-            data = _dumps(obj)
+            data = dumps(obj)
         self.sign(response_id, signed_text(body, data))
-        return Answer(status, data, response_id)
+        prompt_tokens = usage_obj.get("prompt_tokens")
+        return Answer(status, data, response_id, prompt_tokens if isinstance(prompt_tokens, int) else None)
 
-    async def open_stream(self, path: str, body: bytes, payload: dict[str, Any]) -> Answer | ProxiedStream:
-        """Start a streamed completion; returns an Answer when the backend did not stream."""
-        resp = await self.upstream.post(path, with_usage_requested(body, payload))
-        if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
-            data = await self.upstream.read(resp)
-            return await self._finish_json(resp.status, data, body, payload)
-        stream = ProxiedStream(self, resp, body, payload, path)
+    async def open_stream(self, path: str, body: bytes, request: Outbound) -> Answer | ProxiedStream:
+        """Start a streamed completion; returns an Answer when the backend did not stream.
+
+        The prompt is counted while the request is on its way, so that the count is
+        known before the answer's headers go out.
+        """
+        counting = asyncio.create_task(count_prompt(self.counter, request.payload, self.count_timeout_s))
         try:
-            await stream.prime()
-        except BaseException:
-            resp.close()
-            raise
-        return stream
-
-    async def _count_complete(self, payload: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
-        texts: list[str] = []
-        for choice in obj.get("choices") or []:
-            if isinstance(choice, dict):
-                message = choice.get("message")
-                texts.append(
-                    _message_text(message) if isinstance(message, dict) else str(choice.get("text") or "")
-                )
-        return await self.count_usage(payload, texts, chunks=len(texts))
-
-    async def count_usage(self, payload: dict[str, Any], texts: list[str], chunks: int) -> dict[str, Any]:
-        """Usage counted with the backend's tokenizer; ``estimated`` is set when it could not be exact."""
-        model = payload.get("model") if isinstance(payload.get("model"), str) else None
-        exact = True
-        if "messages" in payload:
-            prompt, exact = await self.counter.count_chat(payload)
-        else:
-            prompt = await self.counter.count_prompt(payload.get("prompt"), model)
-        completion = 0
-        for text in texts:
-            count = await self.counter.count_text(text, model)
-            if count is None:
-                completion, exact = chunks, False
-                break
-            completion += count
-        if prompt is None:
-            prompt, exact = 0, False
-        usage: dict[str, Any] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-        if not exact:
-            usage["estimated"] = True
-        return usage
-
-
-def _message_text(message: dict[str, Any]) -> str:
-    parts = [message.get("content"), message.get("reasoning_content")]
-    for call in message.get("tool_calls") or []:
-        function = call.get("function") if isinstance(call, dict) else None
-        if isinstance(function, dict):
-            parts += [function.get("name"), function.get("arguments")]
-    return "".join(p for p in parts if isinstance(p, str))
+            resp = await self.upstream.post(path, request.body)
+            if resp.status != 200 or not resp.content_type.startswith("text/event-stream"):
+                data = await self.upstream.read(resp)
+                counting.cancel()
+                return await self._finish_json(resp.status, data, body, request.payload)
+            stream = ProxiedStream(self, resp, body, request.payload, path)
+            try:
+                await stream.prime()
+                stream.prompt = await counting
+            except BaseException:
+                resp.close()
+                raise
+            return stream
+        finally:
+            if not counting.done():
+                counting.cancel()
 
 
 class ProxiedStream:
@@ -217,6 +169,7 @@ class ProxiedStream:
         self._hash = hashlib.sha256()
         self._first = b""
         self._datas: list[bytes] = []  # data payloads, parsed only if usage must be counted
+        self.prompt = PromptCount(None, False)  # counted while the request went upstream
         self._usage_seen = False
         self._done: bytes | None = None  # the backend's [DONE] event, held back until the end
         self._after_done = b""
@@ -250,7 +203,7 @@ class ProxiedStream:
         except ValueError:
             obj = None
         rid = obj.get("id") if isinstance(obj, dict) else None
-        self.response_id = rid if isinstance(rid, str) and rid else new_response_id()
+        self.response_id = rid if isinstance(rid, str) and RESPONSE_ID.fullmatch(rid) else new_response_id()
         if isinstance(obj, dict):
             self._model = obj.get("model", self._model)
             self._created = obj.get("created")
@@ -300,11 +253,11 @@ class ProxiedStream:
                 out = self._forward(self._parser.feed(chunk))
             if failure is not None:
                 logger.error("stream %s: %s", self.response_id, failure)
-                out += encode_event(_dumps(error_body(failure, "upstream_error", "upstream_stream_error")))
+                out += encode_event(dumps(error_body(failure, "upstream_error", "upstream_stream_error")))
                 out += DONE_EVENT
             else:
                 if not self._usage_seen:
-                    out += encode_event(_dumps(await self._usage_chunk()))
+                    out += encode_event(dumps(self._usage_chunk()))
                 out += (self._done or DONE_EVENT) + self._after_done
             if self.client_gone:
                 return
@@ -331,24 +284,8 @@ class ProxiedStream:
         except (OSError, TimeoutError):
             return
 
-    async def _usage_chunk(self) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {}
-        for data in self._datas:
-            try:
-                obj = json.loads(data)
-            except ValueError:
-                continue
-            choices = obj.get("choices") if isinstance(obj, dict) else None
-            for choice in choices if isinstance(choices, list) else []:
-                if not isinstance(choice, dict):
-                    continue
-                index = choice.get("index", 0)
-                delta = choice.get("delta")
-                piece = _message_text(delta) if isinstance(delta, dict) else str(choice.get("text") or "")
-                texts.setdefault(index if isinstance(index, int) else 0, []).append(piece)
-        usage = await self._proxy.count_usage(
-            self._payload, ["".join(parts) for parts in texts.values()], chunks=len(self._datas)
-        )
+    def _usage_chunk(self) -> dict[str, Any]:
+        usage = usage_object(self.prompt, generated_tokens(self._datas))
         return {
             "id": self.response_id,
             "object": self._object,

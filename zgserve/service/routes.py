@@ -21,18 +21,26 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zgserve.common.errors import BadRequest, NotFound, PayloadTooLarge, ZgError, error_body
+from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, parse_count
 from zgserve.common.signing import SIGNING_ALGO, Signer
 from zgserve.service.attestation import AttestationError
+from zgserve.service.outbound import RequestLimits, prepare
+from zgserve.service.params import Kind, ParamPolicy
 from zgserve.service.protocol import Health, SignatureRecord
-from zgserve.service.proxy import Answer, ProxiedStream, SigningProxy, parse_request
+from zgserve.service.proxy import RESPONSE_ID, Answer, ProxiedStream, SigningProxy
 from zgserve.service.reports import ReportService
 from zgserve.service.store import SignatureStore
-from zgserve.service.upstream import Upstream, backend_error_body
+from zgserve.service.upstream import Upstream, backend_error
 
 logger = logging.getLogger(__name__)
 
 _NONCE = re.compile(r"[0-9a-fA-F]{64}")
-_EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
+_EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key, ZG-Prompt-Tokens")
+_OUTPUT_LIMIT = OUTPUT_LIMIT.encode()
+_PROMPT_TOKENS = PROMPT_TOKENS.encode()
+# One path segment as the service's routes and response ids spell them; "." and ".." excepted below.
+_SEGMENT = re.compile(rb"[A-Za-z0-9_.:\-]+")
 
 
 class ClientGone(Exception):
@@ -45,6 +53,19 @@ class AttestationUnavailable(ZgError):
     type = "server_error"
 
 
+class RouteNotFound(NotFound):
+    code = "route_not_found"
+
+
+def canonical_path(raw: bytes) -> bool:
+    """True when ``raw`` is a path in the one spelling routes use: no percent-encoding, no dot
+    segments, no empty segment (``//``, trailing ``/``), no backslash. Anything else could reach
+    a route under a second name, or be read differently by a server behind us."""
+    if not raw.startswith(b"/") or len(raw) > 512:
+        return False
+    return all(_SEGMENT.fullmatch(s) and s not in (b".", b"..") for s in raw[1:].split(b"/"))
+
+
 def error_payload(exc: Exception, where: str) -> tuple[int, bytes]:
     """The one mapping of errors to a status and OpenAI error JSON (server errors logged here)."""
     if isinstance(exc, ZgError):
@@ -52,7 +73,7 @@ def error_payload(exc: Exception, where: str) -> tuple[int, bytes]:
             logger.error("%s -> %d %s", where, exc.status, exc.message)
         return exc.status, json.dumps(exc.body()).encode()
     if isinstance(exc, HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "route_not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return exc.status_code, json.dumps(error_body(str(exc.detail), kind, code)).encode()
     logger.error("unhandled error on %s", where, exc_info=exc)
@@ -66,7 +87,8 @@ async def handle_error(request: Request, exc: Exception) -> Response:
 
 
 class CompletionFastPath:
-    """Sends ``POST`` completions straight to their endpoint, everything else to ``app``.
+    """Refuses non-canonical paths, sends ``POST`` completions straight to their endpoint,
+    everything else to ``app``.
 
     The completion endpoints are the hot path: this skips Starlette's middleware
     and routing layers (and their per-message wrappers) for them, while errors are
@@ -78,7 +100,15 @@ class CompletionFastPath:
         self.endpoints = endpoints
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+        if not canonical_path(raw):
+            status, body = error_payload(RouteNotFound("no such route"), "path check")
+            await _send_answer(send, Answer(status, body))
+            return
+        endpoint = self.endpoints.get(scope["path"])
         if endpoint is None or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
@@ -108,13 +138,25 @@ class ServiceRuntime:
     reports: ReportService = field(init=False)
     signer: Signer = field(init=False)
     tee_name: str = "unknown"
-    max_request_bytes: int = 16 * 1024 * 1024
+    policy: ParamPolicy = field(default_factory=ParamPolicy)
+    limits: RequestLimits = field(default_factory=RequestLimits)
     retention_s: float = 24 * 3600
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    for name, value in scope["headers"]:
-        if name == b"content-length" and int(value) > limit:
+    length = _header(scope, b"content-length")
+    if length is not None:
+        declared = parse_count(length)
+        if declared is None:
+            raise BadRequest("Content-Length is not a number")
+        if declared > limit:
             raise PayloadTooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
@@ -135,6 +177,8 @@ async def _send_answer(send: Send, answer: Answer) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer.body)).encode())]
     if answer.response_id is not None:
         headers += [(b"zg-res-key", answer.response_id.encode()), _EXPOSE]
+    if answer.prompt_tokens is not None:
+        headers.append((_PROMPT_TOKENS, str(answer.prompt_tokens).encode()))
     await send({"type": "http.response.start", "status": answer.status, "headers": headers})
     await send({"type": "http.response.body", "body": answer.body})
 
@@ -147,6 +191,8 @@ async def _send_stream(receive: Receive, send: Send, stream: ProxiedStream) -> N
         (b"zg-res-key", stream.response_id.encode()),
         _EXPOSE,
     ]
+    if stream.prompt.tokens is not None:
+        headers.append((_PROMPT_TOKENS, str(stream.prompt.tokens).encode()))
 
     async def watch_disconnect() -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -175,37 +221,58 @@ async def _send_stream(receive: Receive, send: Send, stream: ProxiedStream) -> N
 class CompletionEndpoint:
     """``POST /v1/chat/completions`` and ``POST /v1/completions``: forwarded and signed."""
 
-    def __init__(self, runtime: ServiceRuntime, upstream_path: str) -> None:
+    def __init__(self, runtime: ServiceRuntime, upstream_path: str, kind: Kind) -> None:
         self.runtime = runtime
         self.upstream_path = upstream_path
+        self.kind: Kind = kind
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.runtime
         try:
-            body = await _read_body(scope, receive, runtime.max_request_bytes)
+            body = await _read_body(scope, receive, runtime.limits.max_request_bytes)
         except ClientGone:
             return
-        payload = parse_request(body)
-        if payload.get("stream"):
-            result = await runtime.proxy.open_stream(self.upstream_path, body, payload)
+        request = prepare(
+            self.kind,
+            body,
+            policy=runtime.policy,
+            limits=runtime.limits,
+            output_limit=_header(scope, _OUTPUT_LIMIT),
+        )
+        if request.stream:
+            result = await runtime.proxy.open_stream(self.upstream_path, body, request)
             if isinstance(result, ProxiedStream):
                 await _send_stream(receive, send, result)
                 return
             await _send_answer(send, result)
         else:
-            await _send_answer(send, await runtime.proxy.complete(self.upstream_path, body, payload))
+            await _send_answer(send, await runtime.proxy.complete(self.upstream_path, body, request))
+
+
+def _query(request: Request, name: str, pattern: re.Pattern[str], expected: str) -> str | None:
+    """The one value of query parameter ``name``, or None; 400 when repeated or not ``pattern``."""
+    values = request.query_params.getlist(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadRequest(f"query parameter '{name}' is given more than once", param=name)
+    if not pattern.fullmatch(values[0]):
+        raise BadRequest(f"query parameter '{name}' must be {expected}", param=name)
+    return values[0]
+
+
+_ALGO = re.compile(re.escape(SIGNING_ALGO), re.IGNORECASE)
 
 
 def _check_algo(request: Request) -> None:
-    algo = request.query_params.get("signing_algo")
-    if algo is not None and algo.lower() != SIGNING_ALGO:
-        raise BadRequest(
-            f"unsupported signing_algo {algo!r}; this service signs with ecdsa", param="signing_algo"
-        )
+    _query(request, "signing_algo", _ALGO, f"{SIGNING_ALGO!r} (this service signs with it)")
 
 
 def completion_endpoints(runtime: ServiceRuntime) -> dict[str, CompletionEndpoint]:
-    return {path: CompletionEndpoint(runtime, path) for path in ("/v1/chat/completions", "/v1/completions")}
+    return {
+        "/v1/chat/completions": CompletionEndpoint(runtime, "/v1/chat/completions", "chat"),
+        "/v1/completions": CompletionEndpoint(runtime, "/v1/completions", "completions"),
+    }
 
 
 def build_routes(runtime: ServiceRuntime) -> list[Route]:
@@ -223,12 +290,16 @@ def build_routes(runtime: ServiceRuntime) -> list[Route]:
     async def models(request: Request) -> Response:
         status, data = await runtime.upstream.call("GET", "/v1/models")
         if status != 200:
-            data = backend_error_body(status, data)
+            status, data = backend_error(status, data)
         return Response(data, status_code=status, media_type="application/json")
 
     async def signature(request: Request) -> Response:
         _check_algo(request)
         response_id = request.path_params["response_id"]
+        if not RESPONSE_ID.fullmatch(response_id):
+            raise BadRequest(
+                "a response id is 1 to 128 letters, digits, '_', '.', ':' or '-'", param="response_id"
+            )
         entry = await runtime.store.get(response_id)
         if entry is None:
             hours = runtime.retention_s / 3600
@@ -252,15 +323,11 @@ def build_routes(runtime: ServiceRuntime) -> list[Route]:
 
     async def attestation_report(request: Request) -> Response:
         _check_algo(request)
-        address = request.query_params.get("signing_address")
+        address = _query(request, "signing_address", _ADDRESS, "an address (0x and 40 hex characters)")
         if address is not None and address.lower() != runtime.signer.address.lower():
             raise NotFound(f"this service does not sign as {address}", code="unknown_signing_address")
-        nonce_hex = request.query_params.get("nonce")
-        nonce: bytes | None = None
-        if nonce_hex is not None:
-            if not _NONCE.fullmatch(nonce_hex):
-                raise BadRequest("nonce must be 64 hex characters (32 bytes)", param="nonce")
-            nonce = bytes.fromhex(nonce_hex)
+        nonce_hex = _query(request, "nonce", _NONCE, "64 hex characters (32 bytes)")
+        nonce = bytes.fromhex(nonce_hex) if nonce_hex is not None else None
         try:
             report: dict[str, Any] = await runtime.reports.report(nonce)
         except AttestationError as exc:
@@ -271,7 +338,7 @@ def build_routes(runtime: ServiceRuntime) -> list[Route]:
     for prefix in ("", "/v1"):
         routes += [
             Route(prefix + "/health", health, methods=["GET"]),
-            Route(prefix + "/signature/{response_id:path}", signature, methods=["GET"]),
+            Route(prefix + "/signature/{response_id}", signature, methods=["GET"]),
             Route(prefix + "/attestation/report", attestation_report, methods=["GET"]),
         ]
     routes.append(Route("/v1/models", models, methods=["GET"]))

@@ -34,6 +34,13 @@ class LlamaSettings(BaseModel):
     log_path: Path | None = Field(
         None, description="where the model server's output goes (default: discarded)"
     )
+    restart_window_s: float = Field(
+        60.0, gt=0, description="restarts within this window count towards max_restarts_per_window"
+    )
+    max_restarts_per_window: int = Field(
+        5, ge=1, description="past this many restarts in the window, each waits longer (never gives up)"
+    )
+    restart_delay_s: float = Field(1.0, gt=0, description="wait before a restart while under the rate")
 
 
 class ServiceSettings(BaseSettings):
@@ -68,6 +75,21 @@ class ServiceSettings(BaseSettings):
         512, ge=1, description="idle keep-alive connections kept to the backend"
     )
     max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_output_tokens: int = Field(
+        4096, ge=1, description="most tokens one answer may have (lowered by the broker's zg-output-limit)"
+    )
+    max_choices: int = Field(8, ge=1, le=128, description="most answers one request may ask for (n, best_of)")
+    allowed_params: list[str] = Field(
+        [], description="extra request fields forwarded unchecked; 'grammar' enables grammars"
+    )
+    refused_params: list[str] = Field([], description="known request fields this provider refuses")
+    allow_json_schema: bool = Field(
+        False,
+        description="forward response_format json_schema and forced tool_choice (compiled into grammars)",
+    )
+    prompt_count_timeout_s: float = Field(
+        10.0, gt=0, description="longest wait for the backend's tokenizer to count a prompt"
+    )
 
     report_refresh_s: float = Field(300.0, gt=0, description="refresh period of the cached nonce-less report")
 

@@ -1,4 +1,4 @@
-"""Token counts from the backend's own tokenizer, for streams whose backend sends no usage.
+"""Token counts from the backend's own tokenizer, for answers whose backend sends no usage.
 
 The backend is asked once which tokenizer endpoint it has:
 
@@ -8,10 +8,9 @@ The backend is asked once which tokenizer endpoint it has:
 * ``POST /extras/tokenize`` (plain llama-cpp-python): text only, so chat prompts
   are then counted without the template and the usage is marked ``estimated``.
 
-Completion tokens are counted by tokenizing the text the client received. For
-greedy or sampled text this equals the number of generated tokens whenever the
-tokenizer's own segmentation was generated (the usual case); it is what a user
-can recompute from the signed bytes with the public tokenizer.
+Streamed completion tokens are not counted here but from the stream's events
+(:mod:`zgserve.service.usage`): a model may generate a segmentation other than the
+tokenizer's. Only a complete answer without usage has its text tokenized.
 """
 
 from __future__ import annotations

@@ -9,13 +9,17 @@ bytes the backend produced.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from zgserve.common.errors import UpstreamError, UpstreamUnavailable, error_body
-from zgserve.service.http1 import ConnectionBroken, Http1Pool, Response, UpstreamTimeout
+from zgserve.common.http1 import ConnectionBroken, Http1Pool, Response, UpstreamTimeout
+
+logger = logging.getLogger(__name__)
 
 
 class Upstream:
@@ -126,17 +130,65 @@ class Upstream:
             raise UpstreamError(f"the model backend request failed: {exc}") from exc
 
 
-def backend_error_body(status: int, body: bytes) -> bytes:
-    """The backend's error as OpenAI error JSON: passed through when it already is, else wrapped."""
+# A backend's error text may carry file paths, tracebacks or the request echoed back.
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\\/][\w.\-@+~]+){2,}[\\/]?")
+_TRACE = re.compile(r"Traceback|\bFile \"")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_IDENT = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_MESSAGE = 300
+# Statuses that mean the provider's own set-up is wrong (its backend credentials): not the client's doing.
+_PROVIDER_SIDE = frozenset({401, 403, 407})
+
+
+def clean_message(text: str) -> str:
+    """``text`` without tracebacks, file paths or control characters, at most ``MAX_MESSAGE`` long."""
+    cut = _TRACE.search(text)
+    if cut is not None:
+        text = text[: cut.start()]
+    text = _CONTROL.sub(" ", _PATH.sub("<path>", text)).strip()
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE] + "…"
+
+
+def _detail_message(detail: Any) -> str:
+    """FastAPI's ``detail``: a string, or pydantic's list of ``{loc, msg}`` (the input is left out)."""
+    if isinstance(detail, str):
+        return detail
+    parts = []
+    for item in detail[:3] if isinstance(detail, list) else []:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc") or [] if p != "body")
+            parts.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+    return "; ".join(parts)
+
+
+def backend_error(status: int, body: bytes) -> tuple[int, bytes]:
+    """The status and OpenAI error JSON to answer for a backend's non-2xx answer.
+
+    A 4xx is the client's request refused by the backend: relayed (422 as 400) with a
+    cleaned message and the backend's code when it is a plain identifier. Anything
+    else (5xx, 3xx, the backend refusing the provider's credentials) is 502 with a
+    generic message: its details are the provider's business and are logged.
+    """
+    if not 400 <= status < 500 or status in _PROVIDER_SIDE:
+        logger.error("backend answered HTTP %d: %s", status, body[:500].decode("utf-8", "replace"))
+        message = f"the model backend failed (HTTP {status})"
+        return 502, json.dumps(error_body(message, "upstream_error", "upstream_error")).encode()
+    data: Any = None
     try:
-        data: Any = json.loads(body)
-    except ValueError:
+        data = json.loads(body[:65536]) if len(body) <= 65536 else None
+    except (ValueError, RecursionError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return body
-    if isinstance(data, dict) and isinstance(data.get("detail"), str | list):
-        message = str(data["detail"])
+    error = data.get("error") if isinstance(data, dict) else None
+    code = param = None
+    if isinstance(error, dict):
+        message = str(error.get("message") or "")
+        code, param = error.get("code"), error.get("param")
+    elif isinstance(data, dict) and "detail" in data:
+        message = _detail_message(data["detail"])
     else:
-        message = body[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
-    kind = "invalid_request_error" if 400 <= status < 500 else "upstream_error"
-    return json.dumps(error_body(f"backend: {message}", kind, f"upstream_{status}")).encode()
+        message = body[:1000].decode("utf-8", "replace")
+    code = code if isinstance(code, str) and _IDENT.fullmatch(code) else f"upstream_{status}"
+    param = param if isinstance(param, str) and _IDENT.fullmatch(param) else None
+    text = "the model backend refused the request: " + (clean_message(message) or f"HTTP {status}")
+    out = 400 if status == 422 else status
+    return out, json.dumps(error_body(text, "invalid_request_error", code, param)).encode()

@@ -83,7 +83,11 @@ async def service_url(
 
     store = tmp_path_factory.mktemp("service") / "signatures.sqlite3"
     settings = load_service_settings(
-        target_url=fake_backend.url, tee="simulated", gpu_evidence="off", store_path=store
+        target_url=fake_backend.url,
+        tee="simulated",
+        gpu_evidence="off",
+        store_path=store,
+        allowed_params=["fake"],  # the fake backend's behaviour field
     )
     async with serve(create_service(settings)) as url:
         yield url

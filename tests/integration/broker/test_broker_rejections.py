@@ -35,7 +35,9 @@ def code(payload: dict[str, Any]) -> str:
 async def test_token_and_account_rejections(
     start_broker: StartBroker, funded_user: FundedUser, devnet: Devnet, new_account: Any
 ) -> None:
-    async with start_broker(server={"maxBodyBytes": 4096}) as broker, aiohttp.ClientSession() as s:
+    # A generous per-answer limit, so that one request can ask for more than the balance covers.
+    limits = {"server": {"maxBodyBytes": 4096}, "billing": {"maxOutputTokens": 10**9}}
+    async with start_broker(**limits) as broker, aiohttp.ClientSession() as s:
         provider = broker.provider.address
         user = await funded_user(provider)
         good = make_token(user.private_key, provider)
@@ -181,15 +183,13 @@ async def test_user_routes_and_admin_guard(start_broker: StartBroker, funded_use
             assert (await resp.json())["signing_address"] == broker.core.service.tee_address
         async with s.get(broker.url + "/v1/models") as resp:
             assert (await resp.json())["data"][0]["id"] == "fake-model"
-        # Other paths are forwarded for authenticated users only, and never charged.
+        # Paths outside the route table are refused, with or without a token, never forwarded.
         async with s.get(broker.url + "/v1/proxy/models") as resp:
             assert resp.status == 200  # listing models needs no token
-        async with s.post(broker.url + "/v1/proxy/embeddings", json={"input": "x"}) as resp:
-            assert resp.status == 401
-        async with s.post(
-            broker.url + "/v1/proxy/embeddings", json={"input": "x"}, headers={"Authorization": auth}
-        ) as resp:
-            assert resp.status == 404  # the service has no such route; its answer comes back as it is
+        for headers in ({}, {"Authorization": auth}):
+            async with s.post(broker.url + "/v1/proxy/embeddings", json={"input": "x"}, headers=headers) as r:
+                assert r.status == 404
+                assert (await r.json())["error"]["code"] == "route_not_found"
         url = f"{broker.url}/v1/user/{user.address}/unsettledfee"
         async with s.get(url, headers={"Authorization": auth}) as resp:
             fee = (
@@ -329,8 +329,7 @@ async def test_answer_withheld_when_the_fee_cannot_be_recorded(
         assert (await post(s, broker.url, auth))[0] == 200
         async with broker.core.db.begin() as conn:
             await conn.exec_driver_sql("ALTER TABLE broker_requests RENAME TO broken_requests")
-        status, body = await post(s, broker.url, auth)
-        assert (status, code(body)) == (503, "record_failed")
+        # The first request to find the store broken: its content went out, its end is withheld.
         stream = {**CHAT, "stream": True}
         url = broker.url + "/v1/proxy/chat/completions"
         async with s.post(url, json=stream, headers={"Authorization": auth}) as r:
@@ -338,6 +337,10 @@ async def test_answer_withheld_when_the_fee_cannot_be_recorded(
         assert '"record_failed"' in text
         assert text.endswith("data: [DONE]\n\n")
         assert text.count("[DONE]") == 1  # the service's own final event was withheld
+        # From then on nothing is generated that could not be recorded: refused before the service.
+        for stream_flag in (False, True):
+            status, body = await post(s, broker.url, auth, body={**CHAT, "stream": stream_flag})
+            assert (status, code(body)) == (503, "storage_unavailable")
         # A user whose unsettled fees cannot be read is not admitted blindly.
         other = await funded_user(broker.provider.address)
         status, body = await post(s, broker.url, make_token(other.private_key, broker.provider.address))

@@ -17,7 +17,9 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 import yaml
 
@@ -135,10 +137,41 @@ def test_broker_environment_overrides_are_real_settings(monkeypatch: pytest.Monk
     for key, value in env.items():
         monkeypatch.setenv(key, _interpolate_defaults(str(value)))
     settings = load_settings(ROOT / "config.example.yaml")
-    assert settings.target_url == "http://service:8000"
+    assert settings.target_url == "http://service:8000/v1"
     assert settings.database.url.startswith("postgresql+asyncpg://zgserve:")
     assert "@postgres:5432/zgserve" in settings.database.url
     assert (settings.server.host, settings.server.port) == ("0.0.0.0", 3080)
+
+
+async def test_broker_target_in_compose_reaches_the_service(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The broker's targetUrl, as compose resolves it, names the service container and a path it serves."""
+    from tests.asgi import serve
+    from tests.fakes.openai_backend import FakeOpenAIBackend
+    from zgserve.broker.settings import load_settings
+    from zgserve.service.app import create_app as create_service
+    from zgserve.service.settings import load_settings as load_service_settings
+
+    services = _raw_compose()["services"]
+    for key, value in services["broker"]["environment"].items():
+        monkeypatch.setenv(key, _interpolate_defaults(str(value)))
+    target = urlsplit(load_settings(ROOT / "config.example.yaml").target_url)
+    service_env = services["service"]["environment"]
+    assert target.hostname == "service"
+    assert target.port == int(_interpolate_defaults(str(service_env["ZG_SERVICE_PORT"])))
+    assert "service" in services["broker"]["depends_on"]
+
+    # What the broker will send there reaches the service's chat route (a real service, simulated TEE).
+    async with FakeOpenAIBackend() as backend:
+        settings = load_service_settings(
+            target_url=backend.url, tee="simulated", gpu_evidence="off", store_path=tmp_path / "sig.sqlite3"
+        )
+        async with serve(create_service(settings)) as url, aiohttp.ClientSession() as session:
+            body = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            async with session.post(url + target.path + "/chat/completions", json=body) as resp:
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["choices"][0]["message"]["content"]
 
 
 def test_service_environment_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:

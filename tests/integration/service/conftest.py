@@ -3,7 +3,8 @@
 * ``fake_backend`` / ``fake_backend_no_usage``: :class:`FakeOpenAIBackend`, honouring
   ``stream_options.include_usage`` or ignoring it like llama.cpp does.
 * ``start_service``: ``await start_service(target_url=..., **settings)`` runs the service
-  app under uvicorn in the test's event loop and returns a :class:`RunningService`.
+  app under uvicorn in the test's event loop and returns a :class:`RunningService`
+  (``allowed_params`` defaults to ``["fake"]``, the fake backend's behaviour field).
 * ``llama_server`` (session): the embedded llama.cpp server with SmolLM2, started once.
 """
 
@@ -108,6 +109,8 @@ async def start_service(tmp_path: Path) -> AsyncIterator[StartService]:
                 "gpu_evidence": "off",
                 "store_path": tmp_path / "signatures.sqlite3",
                 "store_flush_interval_s": 0.01,
+                # The fake backend takes its behaviour from a "fake" object in the body.
+                "allowed_params": ["fake"],
             }
             values.update(overrides)
             return await stack.enter_async_context(run_service(ServiceSettings(**values), deps))

@@ -41,9 +41,11 @@ async def test_backend_errors_keep_their_status(
     async with aiohttp.ClientSession() as session:
         body = {"messages": MESSAGES, "fake": {"status": 500, "raw_error": "Traceback: boom"}}
         async with session.post(service.v1 + "/chat/completions", json=body) as resp:
-            assert resp.status == 500
+            assert resp.status == 502
             assert "ZG-Res-Key" not in resp.headers
-            assert_error_shape(await resp.json(), "upstream_500")
+            error = await resp.json()
+            assert_error_shape(error, "upstream_error")
+            assert "boom" not in error["error"]["message"]
         body = {"messages": MESSAGES, "stream": True, "fake": {"status": 400}}
         async with session.post(service.v1 + "/chat/completions", json=body) as resp:
             assert resp.status == 400
@@ -78,7 +80,7 @@ async def test_bad_requests(fake_backend: FakeOpenAIBackend, start_service: Star
                 assert_error_shape(await resp.json())
         async with session.get(service.v1 + "/nothing-here") as resp:
             assert resp.status == 404
-            assert_error_shape(await resp.json(), "not_found")
+            assert_error_shape(await resp.json(), "route_not_found")
         async with session.get(service.v1 + "/chat/completions") as resp:
             assert resp.status == 405
             assert_error_shape(await resp.json())

@@ -50,7 +50,9 @@ async def test_non_streamed_answer_is_signed_over_the_exact_bytes(
         assert raw.headers["zg-res-key"] == completion.id
         assert "ZG-Res-Key" in raw.headers["access-control-expose-headers"]
         request_bytes = raw.http_request.content
-        assert fake_backend.requests[-1] == request_bytes  # forwarded unchanged
+        # The backend got what the service read, re-serialised and capped; the client's bytes are signed.
+        assert json.loads(fake_backend.requests[-1]) == {**json.loads(request_bytes), "max_tokens": 4096}
+        assert raw.headers["zg-prompt-tokens"] == str(completion.usage.prompt_tokens)
         await check_signature(service, completion.id, request_bytes, raw.http_response.content)
 
 
@@ -202,3 +204,27 @@ async def test_answers_without_usage_get_it_counted_and_signed(
         }
         assert answer["id"] == headers["ZG-Res-Key"]
         await check_signature(service, answer["id"], request, body)
+
+
+async def test_a_stream_is_billed_the_tokens_it_generated_stand_in(
+    fake_backend_no_usage: FakeOpenAIBackend, start_service: StartService
+) -> None:
+    # Defect 5: streamed usage came from re-tokenising the text, so an answer generated in pieces the
+    # tokenizer would merge ("hel", "lo") was billed less than the same answer non-streamed. The fake
+    # stands in for llama.cpp: one event per generated token, no usage in streams.
+    service = await start_service(target_url=fake_backend_no_usage.url)
+    fake = {"pieces": ["hel", "lo ", "wor", "ld", " again"]}
+    body = {"model": "fake-model", "messages": MESSAGES, "fake": fake}
+    plain_status, plain_headers, plain = await service.post("/chat/completions", json.dumps(body).encode())
+    assert plain_status == 200
+    usage = json.loads(plain)["usage"]
+    assert usage["completion_tokens"] == 5
+    assert plain_headers["zg-prompt-tokens"] == str(usage["prompt_tokens"])
+    request = json.dumps({**body, "stream": True}).encode()
+    status, headers, received = await service.post("/chat/completions", request)
+    assert status == 200
+    streamed = sse_data(received)[-2]["usage"]
+    assert streamed == usage
+    # Counted before the first byte went out, so a broker can bill the prompt of a cut stream.
+    assert headers["zg-prompt-tokens"] == str(chat_prompt_tokens(MESSAGES))
+    await check_signature(service, headers["ZG-Res-Key"], request, received)

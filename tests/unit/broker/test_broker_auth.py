@@ -12,6 +12,7 @@ from tests.sdk_token_example import SIGNATURE as SIG
 from zgserve.broker.accounts import AccountCache
 from zgserve.broker.auth import (
     Authenticator,
+    TokenCache,
     TokenVerifier,
     check_account,
     decode_bearer,
@@ -28,6 +29,7 @@ from zgserve.broker.errors import (
     StaleGeneration,
     TokenExpired,
     TokenRevoked,
+    TokenTooLarge,
     WrongProvider,
 )
 from zgserve.chain.types import Account
@@ -186,3 +188,80 @@ def test_decode_bearer_splits_on_last_bar() -> None:
     raw, sig = decode_bearer(bearer('{"nonce":"a|b"}', "0xsig"))
     assert raw == '{"nonce":"a|b"}'
     assert sig == "0xsig"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer app-sk-" + "A" * 100_000,
+        "Bearer app-sk-" + base64.b64encode(b"[" * 100_000 + b"]" * 100_000 + b"|0x00").decode(),
+        " " * 10_000 + "Bearer app-sk-x",
+    ],
+)
+def test_oversized_bearer_refused_before_decoding(header: str) -> None:
+    with pytest.raises(TokenTooLarge) as info:
+        TokenVerifier(PROVIDER).bearer(header)
+    assert (info.value.status, info.value.code) == (401, "token_too_large")
+
+
+def test_deep_json_in_a_small_token_is_malformed() -> None:
+    with pytest.raises(MalformedToken):
+        TokenVerifier(PROVIDER).bearer(bearer("[" * 400 + "]" * 400, "0x00"))
+
+
+@pytest.mark.parametrize(
+    ("address", "session_token", "signature", "error"),
+    [
+        (USER, "[" * 100_000 + "]" * 100_000, "0x00", TokenTooLarge),
+        (USER, "[" * 300 + "]" * 300, "0x00", MalformedToken),
+        (USER, RAW, "0x" + "ab" * 1000, TokenTooLarge),
+        ("0x" + "1" * 10_000, RAW, SIG, TokenTooLarge),
+        (USER, RAW.replace('"tokenId":255', '"tokenId":"²"'), SIG, MalformedToken),
+    ],
+)
+def test_hostile_legacy_headers(address: str, session_token: str, signature: str, error: type) -> None:
+    with pytest.raises(error):
+        TokenVerifier(PROVIDER).legacy(address, session_token, signature)
+
+
+async def test_tokens_are_cached_only_after_the_account_check() -> None:
+    user, stranger = Signer.generate(), Signer.generate()
+    accounts = {user.address.lower(): account(user=user.address)}
+
+    async def fetch(address: str) -> Account | None:
+        return accounts.get(address)
+
+    verifier = TokenVerifier(PROVIDER)
+    auth = Authenticator(verifier, AccountCache(fetch, ttl=60, min_refresh=0))
+    # A wallet with no account: verified, refused, and nothing kept.
+    for i in range(20):
+        with pytest.raises(AccountNotFound):
+            await auth.authenticate({"authorization": make_token(stranger, nonce=f"{i:032d}")})
+    assert len(verifier.cache) == 0
+    # token() alone (no account check) keeps nothing either.
+    good = make_token(user)
+    auth.token({"authorization": good})
+    assert len(verifier.cache) == 0
+    await auth.authenticate({"authorization": good})
+    assert len(verifier.cache) == 1
+    # A cached token still meets the account checks on every request.
+    accounts[user.address.lower()] = account(user=user.address, generation=1)
+    auth.accounts.invalidate()
+    with pytest.raises(StaleGeneration):
+        await auth.authenticate({"authorization": good})
+
+
+def test_token_cache_is_bounded_by_bytes() -> None:
+    token = parse_claims(RAW)
+    cache = TokenCache(max_entries=1_000_000, max_bytes=64 * 1024)
+    for i in range(10_000):
+        cache.put(f"key-{i}-" + "x" * 1000, token)
+        assert cache.size_bytes <= 64 * 1024
+    assert 0 < len(cache) < 64
+    cache.put("y" * 100_000, token)  # larger than the whole cache: not kept
+    assert cache.get("y" * 100_000) is None
+    assert cache.get(f"key-9999-{'x' * 1000}") is token
+    by_count = TokenCache(max_entries=3)
+    for i in range(5):
+        by_count.put(str(i), token)
+    assert [by_count.get(str(i)) for i in range(5)] == [None, None, token, token, token]

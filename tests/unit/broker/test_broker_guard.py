@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from zgserve.broker.billing import BalanceGuard, Prices, input_estimate, output_reservation
+from zgserve.broker.billing import BalanceGuard, Prices, input_estimate
 from zgserve.broker.errors import InsufficientBalance, OutstandingDebt
 from zgserve.chain.types import Account
 
@@ -68,8 +68,4 @@ async def test_debt_refuses_until_paid() -> None:
 
 def test_estimates() -> None:
     assert Prices(2, 3).fee(10, 5) == 35
-    assert output_reservation({"max_tokens": 7}, 4096) == 7
-    assert output_reservation({"max_completion_tokens": 9, "max_tokens": 7}, 4096) == 9
-    assert output_reservation({"max_tokens": True}, 4096) == 4096
-    assert output_reservation({}, 100) == 100
     assert input_estimate(b"x" * 10, 3) == 4

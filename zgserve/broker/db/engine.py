@@ -11,7 +11,8 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, ExceptionContext, make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from zgserve.common.errors import ConfigError
@@ -47,9 +48,37 @@ def create_engine(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int 
     else:
         raise ConfigError(f"database.url: unsupported database {backend!r} (sqlite or postgresql)")
     engine = create_async_engine(parsed, **kwargs)
+    event.listen(engine.sync_engine, "handle_error", _wrap_socket_errors)
     if backend == "sqlite":
         _sqlite_pragmas(engine, sqlite_synchronous)
+    else:
+        event.listen(engine.sync_engine, "do_connect", _connect_or_driver_error)
     return engine
+
+
+def _connect_or_driver_error(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Connect; a refused or timed-out connection becomes the driver's OperationalError.
+
+    SQLAlchemy wraps only the driver's own exception types raised while connecting, and asyncpg
+    raises a plain ``OSError`` when the server is down: without this, ``except SQLAlchemyError``
+    misses exactly the outage it is there for.
+    """
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except (OSError, TimeoutError) as exc:
+        raise dialect.loaded_dbapi.OperationalError(f"cannot connect to the database: {exc}", exc) from exc
+
+
+def _wrap_socket_errors(ctx: ExceptionContext) -> OperationalError | None:
+    """A socket error in the middle of a statement as SQLAlchemy's OperationalError (a disconnect).
+
+    The driver lets a plain ``OSError`` (connection reset by a restarting server) through, and
+    SQLAlchemy passes errors that are not the driver's on unwrapped.
+    """
+    if ctx.sqlalchemy_exception is not None or not isinstance(ctx.original_exception, OSError | TimeoutError):
+        return None
+    ctx.is_disconnect = True  # the pool drops the connection instead of handing it out again
+    return OperationalError(None, None, ctx.original_exception, connection_invalidated=True)
 
 
 def _sqlite_pragmas(engine: AsyncEngine, synchronous: str) -> None:

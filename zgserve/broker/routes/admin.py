@@ -4,15 +4,23 @@ Reachable from loopback only, unless ``admin.token`` is configured: then every
 admin call needs ``Authorization: Bearer <token>``, from any address. The peer
 address is the socket's, never a forwarded header; behind a reverse proxy on the
 same host, configure a token.
+
+A browser on the provider's own machine is on loopback too, so without a token
+the admin API also refuses what a web page could send it: state-changing calls
+need ``Content-Type: application/json`` (a cross-site simple request cannot set
+it, and the preflight it would need gets no CORS headers), requests a browser
+marks as cross-site (``Sec-Fetch-Site``) are refused, and the ``Host`` must be
+a loopback name or the serving URL's host (DNS rebinding gives another name).
 """
 
 from __future__ import annotations
 
 import hmac
-import json
+import ipaddress
 import logging
-from datetime import datetime
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
@@ -22,7 +30,18 @@ from starlette.routing import Route
 from zgserve.broker import registration
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.db import repo
-from zgserve.broker.errors import AdminForbidden, InvalidJson
+from zgserve.broker.errors import AdminForbidden, JsonContentTypeRequired
+from zgserve.broker.routes.params import (
+    MAX_OFFSET,
+    parse_address,
+    path_address,
+    query_address,
+    query_bool,
+    query_int,
+    query_text,
+    query_time,
+    read_json,
+)
 from zgserve.chain.errors import AccountNotExists
 from zgserve.chain.types import Account
 from zgserve.common import money
@@ -30,6 +49,10 @@ from zgserve.common.errors import BadRequest, Conflict, NotFound
 
 logger = logging.getLogger(__name__)
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
+_SAFE_METHODS = ("GET", "HEAD")
+_AMOUNT = re.compile(r"[0-9]{1,78}")
+MAX_UINT256 = 2**256 - 1
+MAX_SETTLE_USERS = 10_000
 
 
 def _core(request: Request) -> BrokerCore:
@@ -38,7 +61,10 @@ def _core(request: Request) -> BrokerCore:
 
 
 def require_admin(request: Request) -> BrokerCore:
+    """The core, if this request may use the admin API; :class:`AdminForbidden` (403) otherwise."""
     core = _core(request)
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        raise AdminForbidden("the admin API refuses requests a browser made from another site")
     token = core.settings.admin.token
     if token is not None:
         given = request.headers.get("authorization", "")
@@ -49,17 +75,35 @@ def require_admin(request: Request) -> BrokerCore:
     host = request.client.host if request.client else ""
     if not host.startswith(_LOOPBACK):
         raise AdminForbidden("the admin API is served to loopback only (configure admin.token to open it)")
+    if not _local_host_header(request.headers.get("host"), core.settings.serving_url):
+        raise AdminForbidden("the admin API answers to loopback host names only (configure admin.token)")
+    if request.method not in _SAFE_METHODS and not _is_json(request.headers.get("content-type")):
+        raise JsonContentTypeRequired("admin calls that change state need 'Content-Type: application/json'")
     return core
 
 
-async def _json(request: Request) -> Any:
-    body = await request.body()
-    if not body.strip():
-        return {}
+def _is_json(content_type: str | None) -> bool:
+    return (content_type or "").partition(";")[0].strip().lower() == "application/json"
+
+
+def _local_host_header(value: str | None, serving_url: str) -> bool:
+    """True for no Host, a loopback name or address, or the serving URL's own host."""
+    if not value:
+        return True
     try:
-        return json.loads(body)
+        name = urlsplit("//" + value).hostname or ""
     except ValueError:
-        raise InvalidJson("the request body is not valid JSON") from None
+        return False
+    if name in ("localhost", (urlsplit(serving_url).hostname or "").lower()):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _json(request: Request, core: BrokerCore) -> Any:
+    return await read_json(request, core.settings.server.max_body_bytes)
 
 
 class ServiceUpdate(BaseModel):
@@ -79,11 +123,14 @@ class ServiceUpdate(BaseModel):
     @field_validator("input_price", "output_price", mode="before")
     @classmethod
     def _neuron(cls, value: Any) -> Any:
+        # Only ValueError becomes a 400 in pydantic; anything else here would be a 500.
         if value is None:
             return None
-        if isinstance(value, float):
-            raise ValueError("prices are integers in neuron (or decimal strings)")
-        return money.parse(value)
+        if isinstance(value, str) and _AMOUNT.fullmatch(value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_UINT256:
+            raise ValueError("prices are integers in neuron (or decimal strings of ASCII digits)")
+        return value
 
 
 def _service_json(core: BrokerCore, chain: Any = None) -> dict[str, Any]:
@@ -123,7 +170,7 @@ async def get_service(request: Request) -> Response:
 async def post_service(request: Request) -> Response:
     core = require_admin(request)
     try:
-        update = ServiceUpdate.model_validate(await _json(request))
+        update = ServiceUpdate.model_validate(await _json(request, core))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise BadRequest(
@@ -159,12 +206,17 @@ async def post_service(request: Request) -> Response:
 
 async def settle(request: Request) -> Response:
     core = require_admin(request)
-    body = await _json(request)
-    users = body.get("users") if isinstance(body, dict) else None
-    if users is None and request.query_params.get("user"):
-        users = [request.query_params["user"]]
-    if users is not None and (not isinstance(users, list) or not all(isinstance(u, str) for u in users)):
-        raise BadRequest("'users' must be a list of addresses", param="users")
+    body = await _json(request, core)
+    raw_users = body.get("users") if isinstance(body, dict) else None
+    users: list[str] | None = None
+    if raw_users is not None:
+        if not isinstance(raw_users, list) or len(raw_users) > MAX_SETTLE_USERS:
+            raise BadRequest(f"'users' must be a list of up to {MAX_SETTLE_USERS} addresses", param="users")
+        if not all(isinstance(u, str) for u in raw_users):
+            raise BadRequest("'users' must be a list of addresses", param="users")
+        users = [parse_address(u, "users") for u in raw_users]
+    elif (user := query_address(request, "user")) is not None:
+        users = [user]
     if core.settlement is None:
         raise Conflict("no settlement engine")
     return JSONResponse(await core.settlement.settle(users))
@@ -213,7 +265,7 @@ async def list_users(request: Request) -> Response:
 
 async def get_user(request: Request) -> Response:
     core = require_admin(request)
-    address = request.path_params["address"].lower()
+    address = path_address(request)
     account = None
     if core.inference is not None:
         try:
@@ -228,51 +280,26 @@ async def get_user(request: Request) -> Response:
     return JSONResponse(_user_json(address, account, unsettled, debt))
 
 
-def _bool_param(value: str | None, name: str) -> bool | None:
-    if value is None or value == "":
-        return None
-    if value.lower() in ("true", "1"):
-        return True
-    if value.lower() in ("false", "0"):
-        return False
-    raise BadRequest(f"{name} must be true or false", param=name)
-
-
-def _int_param(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
-    if value is None:
-        return default
-    if not value.isdigit() or not lo <= int(value) <= hi:
-        raise BadRequest(f"{name} must be an integer in [{lo}, {hi}]", param=name)
-    return int(value)
-
-
-def _time_param(value: str | None, name: str) -> datetime | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO 8601 time", param=name) from None
-
-
 async def list_requests(request: Request) -> Response:
     core = require_admin(request)
-    q = request.query_params
-    order = q.get("order", "desc")
+    order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise BadRequest("order must be asc or desc", param="order")
-    offset = _int_param(q.get("offset"), "offset", 0, 0, 10**12)
-    limit = _int_param(q.get("limit"), "limit", 100, 1, 1000)
+    offset = query_int(request, "offset", 0, 0, MAX_OFFSET)
+    limit = query_int(request, "limit", 100, 1, 1000)
     # 'processed' is the official broker's name for the settled flag.
-    settled = _bool_param(q.get("settled", q.get("processed")), "settled")
+    settled = query_bool(request, "settled", "processed")
+    user = query_address(request, "user")
+    since, until = query_time(request, "since"), query_time(request, "until")
+    response_id = query_text(request, "responseId")
     async with core.db.connect() as conn:
         page = await repo.list_requests(
             conn,
-            user=q.get("user"),
+            user=user,
             settled=settled,
-            since=_time_param(q.get("since"), "since"),
-            until=_time_param(q.get("until"), "until"),
-            response_id=q.get("responseId"),
+            since=since,
+            until=until,
+            response_id=response_id,
             offset=offset,
             limit=limit,
             order=order,  # type: ignore[arg-type]

@@ -1,19 +1,21 @@
-"""``ANY /v1/proxy/*``: forwards to ``targetUrl`` + the rest of the path, charging completions.
+"""``/v1/proxy/*``: the routes of :mod:`zgserve.broker.routes.table`, forwarded to the service.
 
 A raw ASGI handler: bodies are forwarded as bytes in both directions (the service
 signs exactly the bytes it received and sent, so nothing here re-serialises), and
 the hot path stays free of framework objects.
 
-* ``/chat/completions`` and ``/completions`` (POST): authenticated, admitted by the
-  balance guard, metered, recorded durably before the response completes; the
-  response carries ``ZG-Res-Key``.
-* ``GET /signature/{id}``, ``GET /attestation/report``, ``GET /models``: passed
-  through without authentication (the SDK fetches them anonymously).
-* anything else: authenticated, passed through, not charged.
+* charged routes (``POST /chat/completions``, ``POST /completions``): authenticated,
+  parsed once within bounds, the output cap decided (:mod:`zgserve.common.output_cap`)
+  and reserved by the balance guard, the service told the same limit, metered,
+  recorded durably before the response completes; the response carries ``ZG-Res-Key``.
+  A request is never billed above what it reserved.
+* free routes (signature, attestation report, models): exact paths, passed through
+  without authentication (the SDK fetches them anonymously), redirects never followed.
+* anything else: refused before authentication or any upstream call.
 
-Completions go through the service's lean keep-alive HTTP/1.1 pool
-(:mod:`zgserve.service.http1`, one per app): aiohttp's per-request overhead was a
-third of the broker's CPU per request. Everything else uses the shared aiohttp session.
+Completions go through the lean keep-alive HTTP/1.1 pool (:mod:`zgserve.common.http1`,
+one per app): aiohttp's per-request overhead was a third of the broker's CPU per
+request. Everything else uses the shared aiohttp session.
 """
 
 from __future__ import annotations
@@ -33,20 +35,23 @@ from zgserve.broker.auth import AuthResult, check_account
 from zgserve.broker.billing import Prices, Reservation
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.db.models import FeeRecord, utcnow
-from zgserve.broker.errors import InsufficientBalance, InvalidJson
+from zgserve.broker.errors import InsufficientBalance
 from zgserve.broker.metering import StreamMeter, Usage, read_json_response
+from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
+from zgserve.common import headers as zg_headers
+from zgserve.common import jsonsafe
 from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError, error_body
+from zgserve.common.http1 import ConnectionBroken, Response, UpstreamTimeout
+from zgserve.common.output_cap import output_cap
 from zgserve.common.sse import DONE_EVENT, encode_event
-from zgserve.service.http1 import ConnectionBroken, Response, UpstreamTimeout
 
 logger = logging.getLogger(__name__)
 
-PREFIX = "/v1/proxy"
-CHARGED = frozenset({"/chat/completions", "/completions"})
+__all__ = ["PREFIX", "ProxyApp", "send_error"]
+
 RES_KEY = b"zg-res-key"
 _EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key")
-_ANONYMOUS_GET = ("/signature/", "/v1/signature/")
-_ANONYMOUS_EXACT = frozenset({"/attestation/report", "/v1/attestation/report", "/models", "/v1/models"})
+_JSON_DEPTH = 64  # deep enough for tool schemas; the parser never sees more
 # Never forwarded upstream: hop-by-hop headers, the user's credentials, and what aiohttp sets itself.
 _DROP_REQUEST = frozenset(
     {
@@ -68,7 +73,16 @@ _DROP_REQUEST = frozenset(
     }
 )
 _DROP_RESPONSE = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date", "zg-res-key"}
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "content-length",
+        "server",
+        "date",
+        "zg-res-key",
+        zg_headers.PROMPT_TOKENS,
+    }
 )
 
 
@@ -113,33 +127,32 @@ class ProxyApp:
         self._target = s.target_url
         self._max_body = s.server.max_body_bytes
         self._cap = s.billing.max_output_tokens
+        self._max_choices = s.billing.max_choices
         self._bytes_per_token = s.billing.input_bytes_per_token
         self._extra_headers = {k: v.get_secret_value() for k, v in s.upstream.headers.items()}
         self._prefix = urlsplit(s.target_url).path.rstrip("/")
+        # Told to the service with every charged request: the per-answer limit reserved for.
+        self._limit_header = {zg_headers.OUTPUT_LIMIT: str(self._cap)}
         self._in_flight = 0  # requests being served; 1 lets the record commit skip the writer thread
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        rest = scope["path"][len(PREFIX) :] or "/"
         method = scope["method"]
         self._in_flight += 1
         try:
-            if method == "POST" and rest in CHARGED:
-                await self._charged(scope, receive, send, rest)
-            elif method == "GET" and (rest.startswith(_ANONYMOUS_GET) or rest in _ANONYMOUS_EXACT):
-                await self._pass(scope, receive, send, rest, b"")
+            resolved = resolve(scope)
+            if resolved.route.billing is Billing.CHARGED:
+                await self._charged(scope, receive, send, resolved)
             else:
-                await self.core.auth.authenticate(_headers(scope))
-                body = await self._read_body(scope, receive)
-                await self._pass(scope, receive, send, rest, body)
+                await self._pass(scope, send, resolved)
         except ClientGone:
             return
         except ZgError as exc:
             self._count_rejection(exc)
             if exc.status >= 500:
-                logger.warning("%s %s%s: %s (%s)", method, PREFIX, rest, exc.code, exc.message)
+                logger.warning("%s %s: %s (%s)", method, PREFIX, exc.code, exc.message)
             await send_error(send, exc)
         except Exception:
-            logger.exception("%s %s%s failed", method, PREFIX, rest)
+            logger.exception("%s %s failed", method, PREFIX)
             with contextlib.suppress(Exception):  # the response may have started already
                 await send_error(send, ZgError("internal error"))
         finally:
@@ -151,7 +164,9 @@ class ProxyApp:
 
     async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self._max_body:
+            # Only plain ASCII digits are a length; anything else is left to the byte count below.
+            length = zg_headers.parse_count(value) if name == b"content-length" else None
+            if length is not None and length > self._max_body:
                 raise PayloadTooLarge(f"request body over the limit of {self._max_body} bytes")
         chunks: list[bytes] = []
         size = 0
@@ -173,26 +188,23 @@ class ProxyApp:
         out.update(self._extra_headers)
         return out
 
-    def _url(self, scope: dict[str, Any], rest: str) -> str:
-        query = scope.get("query_string", b"")
-        return self._target + rest + ("?" + query.decode("latin-1") if query else "")
-
-    async def _open(
-        self, method: str, url: str, body: bytes, headers: dict[str, str]
-    ) -> aiohttp.ClientResponse:
+    async def _pass(self, scope: dict[str, Any], send: Any, resolved: Resolved) -> None:
+        """A free route: GET without a body, the service's answer relayed as it is."""
+        headers = self._upstream_headers(_headers(scope))
         try:
-            return await self.core.http.request(method, url, data=body or None, headers=headers)
+            upstream = await self.core.http.request(
+                "GET", self._target + resolved.target, headers=headers, allow_redirects=False
+            )
         except TimeoutError:
             self.core.metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None
         except aiohttp.ClientError as exc:
             self.core.metrics.upstream_errors.labels("connect").inc()
             raise UpstreamUnavailable(f"the service is unreachable ({type(exc).__name__})") from None
-
-    async def _pass(self, scope: dict[str, Any], receive: Any, send: Any, rest: str, body: bytes) -> None:
-        headers = self._upstream_headers(_headers(scope))
-        upstream = await self._open(scope["method"], self._url(scope, rest), body, headers)
         try:
+            if 300 <= upstream.status < 400:
+                # Never followed, never relayed: a redirect would send the client around the table.
+                raise UpstreamError(f"the service answered {upstream.status} (a redirect)")
             out = _response_headers(upstream)
             if upstream.content_length is not None:
                 out.append((b"content-length", str(upstream.content_length).encode()))
@@ -208,29 +220,24 @@ class ProxyApp:
 
     # ---- charged requests -------------------------------------------------------------------
 
-    async def _charged(self, scope: dict[str, Any], receive: Any, send: Any, rest: str) -> None:
+    async def _charged(self, scope: dict[str, Any], receive: Any, send: Any, resolved: Resolved) -> None:
         core = self.core
-        headers = _headers(scope)
-        auth = await core.auth.authenticate(headers)
+        auth = await core.auth.authenticate(_headers(scope))
         body = await self._read_body(scope, receive)
-        try:
-            request = json.loads(body)
-        except ValueError:
-            raise InvalidJson("the request body is not valid JSON") from None
-        if not isinstance(request, dict):
-            raise InvalidJson("the request body must be a JSON object")
+        request = jsonsafe.loads_object(body, max_depth=_JSON_DEPTH)
+        cap = output_cap(request, self._cap, max_choices=self._max_choices)
+        # Nothing is generated that could not be recorded: refuse while the fee store is down.
+        core.writer.ensure_available()
         prices = core.service.prices
-        estimate = prices.fee(
-            billing.input_estimate(body, self._bytes_per_token),
-            billing.output_reservation(request, self._cap),
-        )
+        estimate = prices.fee(billing.input_estimate(body, self._bytes_per_token), cap.total)
         reservation = await self._reserve(auth, estimate)
         try:
-            upstream = await self._post(scope, rest, body)
+            upstream = await self._post(resolved.target, body)
             try:
-                ctx = _Charge(auth.token.user, rest, request, prices, reservation)
+                ctx = _Charge(auth.token.user, resolved.rest, request, prices, reservation)
+                ctx.prompt_tokens = zg_headers.parse_count(upstream.headers.get(zg_headers.PROMPT_TOKENS))
                 if upstream.status != 200:
-                    # Nothing is charged for a failed call; the service's error goes back as it is.
+                    # Nothing is charged for a failed call.
                     core.metrics.upstream_errors.labels(f"status_{upstream.status}").inc()
                     await self._relay_error(send, upstream)
                 elif upstream.content_type.startswith("text/event-stream"):
@@ -254,16 +261,12 @@ class ProxyApp:
             account = check_account(auth.token, cached.account)
             return await self.core.guard.reserve(auth.token.user, account, estimate)
 
-    async def _post(self, scope: dict[str, Any], rest: str, body: bytes) -> Response:
+    async def _post(self, target: str, body: bytes) -> Response:
         """POST a completion through the keep-alive pool (the hot path)."""
-        query = scope.get("query_string", b"")
-        path = self._prefix + rest + ("?" + query.decode("latin-1") if query else "")
-        content_type = "application/json"
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value.decode("latin-1")
         try:
-            return await self.core.upstream.request("POST", path, body, content_type)
+            return await self.core.upstream.request(
+                "POST", self._prefix + target, body, "application/json", self._limit_header
+            )
         except UpstreamTimeout:
             self.core.metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None
@@ -274,15 +277,36 @@ class ProxyApp:
             raise UpstreamUnavailable(f"the service is unreachable ({type(exc).__name__})") from None
 
     async def _relay_error(self, send: Any, upstream: Response) -> None:
+        """The service's error, relayed only as an OpenAI error JSON with a client-facing status."""
         data = await self._read_all(upstream)
-        out = [*_pool_headers(upstream), (b"content-length", str(len(data)).encode())]
-        await send({"type": "http.response.start", "status": upstream.status, "headers": out})
+        status = upstream.status
+        if status < 400 or status >= 600:
+            # A redirect or an unexpected success code is the service's fault, never the client's.
+            raise UpstreamError(f"the service answered {status}")
+        if not _is_error_json(data):
+            raise UpstreamError(f"the service answered {status} without an error body")
+        out = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": data})
 
     async def _record(
         self, ctx: _Charge, usage: Usage, response_id: str | None, status: str, stream: bool
     ) -> None:
         fee = ctx.prices.fee(usage.prompt_tokens, usage.completion_tokens)
+        if fee > ctx.reservation.amount:
+            # The cap keeps output within the reservation; only an input estimate below the real
+            # prompt can get here. The user is never charged above what was admitted.
+            logger.error(
+                "request %s cost %d neuron, over its reservation of %d: charged the reservation",
+                ctx.request_id,
+                fee,
+                ctx.reservation.amount,
+            )
+            self.core.metrics.upstream_errors.labels("over_reservation").inc()
+            fee = ctx.reservation.amount
         record = FeeRecord(
             request_id=ctx.request_id,
             user=ctx.user,
@@ -321,7 +345,10 @@ class ProxyApp:
         status = "complete"
         if usage is None:
             status = "estimated"
-            usage = Usage(billing.prompt_tokens_lower_bound(ctx.request), _completion_lower_bound(data))
+            prompt = ctx.prompt_tokens
+            if prompt is None:
+                prompt = billing.prompt_tokens_lower_bound(ctx.request)
+            usage = Usage(prompt, _completion_lower_bound(data))
         await self._record(ctx, usage, response_id, status, stream=False)
         out = _pool_headers(upstream)
         out.append((b"content-length", str(len(data)).encode()))
@@ -408,7 +435,15 @@ class ProxyApp:
     ) -> None:
         usage = meter.usage
         if disconnected or usage is None:
-            prompt = usage.prompt_tokens if usage else billing.prompt_tokens_lower_bound(ctx.request)
+            # The prompt as the service counted it before the first byte; an estimate only if the
+            # service could not count it.
+            prompt = (
+                usage.prompt_tokens
+                if usage
+                else ctx.prompt_tokens
+                if ctx.prompt_tokens is not None
+                else billing.prompt_tokens_lower_bound(ctx.request)
+            )
             completion = min(delivered, usage.completion_tokens) if usage else delivered
             status = "disconnected" if disconnected else "estimated"
             usage = Usage(prompt, completion)
@@ -424,7 +459,7 @@ class ProxyApp:
 class _Charge:
     """Per-request facts carried from admission to the record."""
 
-    __slots__ = ("endpoint", "prices", "request", "request_id", "reservation", "user")
+    __slots__ = ("endpoint", "prices", "prompt_tokens", "request", "request_id", "reservation", "user")
 
     def __init__(
         self, user: str, endpoint: str, request: dict[str, Any], prices: Prices, reservation: Reservation
@@ -435,6 +470,7 @@ class _Charge:
         self.request = request
         self.prices = prices
         self.reservation = reservation
+        self.prompt_tokens: int | None = None  # the service's count, sent before the answer
 
 
 def _completion_lower_bound(body: bytes) -> int:
@@ -447,6 +483,14 @@ def _completion_lower_bound(body: bytes) -> int:
     except (ValueError, AttributeError, TypeError):
         return 0
     return int(chars // 4)
+
+
+def _is_error_json(data: bytes) -> bool:
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
 
 
 def _sse_error(exc: ZgError) -> bytes:

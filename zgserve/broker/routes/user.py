@@ -6,14 +6,29 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from zgserve.broker.auth import AuthResult
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.errors import AddressMismatch
+from zgserve.broker.routes.params import path_address
 from zgserve.common.money import to_wire
 
 
 def _core(request: Request) -> BrokerCore:
     core: BrokerCore = request.app.state.core
     return core
+
+
+async def authenticate_owner(request: Request, core: BrokerCore) -> tuple[str, AuthResult]:
+    """The path's ``address`` and the request's authentication, which must be that address's.
+
+    The same checks as the proxy (signature, expiry, account, generation, revoked
+    key): a revoked API key or an old-generation token reads nothing.
+    """
+    address = path_address(request)
+    auth = await core.auth.authenticate({k.lower(): v for k, v in request.headers.items()})
+    if auth.token.user != address:
+        raise AddressMismatch("the token's address does not match the address in the path")
+    return address, auth
 
 
 async def quote(request: Request) -> Response:
@@ -36,10 +51,7 @@ async def models(request: Request) -> Response:
 async def unsettled_fee(request: Request) -> Response:
     """``{"unsettledFee": "<neuron>"}`` for the token's own address; the SDK sizes top-ups with it."""
     core = _core(request)
-    token = core.auth.token({k.lower(): v for k, v in request.headers.items()})
-    address = request.path_params["address"].lower()
-    if token.user != address:
-        raise AddressMismatch("the token's address does not match the address in the path")
+    address, _ = await authenticate_owner(request, core)
     fee = await core.guard.unsettled(address)
     return JSONResponse({"unsettledFee": to_wire(fee)})
 

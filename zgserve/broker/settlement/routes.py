@@ -2,8 +2,8 @@
 
 * ``GET /v1/settlement`` (admin): entries newest first; query ``user``, ``status``,
   ``offset``, ``limit`` (≤ 500).
-* ``GET /v1/user/{address}/settlements`` (the user's Bearer token): the user's
-  entries, same paging.
+* ``GET /v1/user/{address}/settlements`` (the user's Bearer token, checked as the
+  proxy checks it: account, generation, revoked keys): the user's entries, same paging.
 * ``GET /v1/user/{address}/settlements/{nonce}``: one entry with every receipt and
   its Merkle proof against ``requestsHash``, plus the EIP-712 domain the
   signature is valid in -- what :mod:`zgserve.client.audit` checks.
@@ -16,19 +16,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from eth_utils.address import is_address, to_checksum_address
+from eth_utils.address import to_checksum_address
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from zgserve.broker.core import BrokerCore
-from zgserve.broker.errors import AddressMismatch
 from zgserve.broker.routes.admin import require_admin
+from zgserve.broker.routes.params import MAX_OFFSET, parse_uint, query_address, query_int, query_text
+from zgserve.broker.routes.user import authenticate_owner
 from zgserve.broker.settlement import queries
 from zgserve.broker.settlement.queries import SettlementRecord
 from zgserve.broker.settlement.receipts import ReceiptTree
 from zgserve.chain.eip712 import DOMAIN_NAME, DOMAIN_VERSION
-from zgserve.common.errors import BadRequest, NotFound
+from zgserve.common.errors import NotFound
 from zgserve.common.money import to_wire
 
 MAX_PAGE = 500
@@ -58,24 +59,11 @@ def settlement_json(r: SettlementRecord, *, provider: str) -> dict[str, Any]:
     }
 
 
-def _address(value: str) -> str:
-    if not is_address(value):
-        raise BadRequest(f"not an address: {value!r}", param="address")
-    return value.lower()
-
-
-def _int_param(request: Request, name: str, default: int, maximum: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit():
-        raise BadRequest(f"{name} must be a non-negative integer", param=name)
-    value = int(raw)
-    return min(value, maximum) if maximum is not None else value
-
-
 def _page(request: Request) -> tuple[int, int]:
-    return _int_param(request, "offset", 0), _int_param(request, "limit", 100, MAX_PAGE)
+    return (
+        query_int(request, "offset", 0, 0, MAX_OFFSET),
+        min(query_int(request, "limit", 100, 0, MAX_OFFSET), MAX_PAGE),  # larger pages are cut, not refused
+    )
 
 
 def _core(request: Request) -> BrokerCore:
@@ -83,24 +71,16 @@ def _core(request: Request) -> BrokerCore:
     return core
 
 
-def _own_address(request: Request, core: BrokerCore) -> str:
-    """The path's address, which must be the Bearer token's own."""
-    token = core.auth.token({k.lower(): v for k, v in request.headers.items()})
-    address = _address(request.path_params["address"])
-    if token.user.lower() != address:
-        raise AddressMismatch("the token's address does not match the address in the path")
-    return address
-
-
 async def admin_history(request: Request) -> Response:
     core = require_admin(request)
-    user = request.query_params.get("user")
+    user = query_address(request, "user")
+    status = query_text(request, "status", 32)
     offset, limit = _page(request)
     async with core.db.connect() as conn:
         items, total = await queries.history(
             conn,
-            user=_address(user) if user else None,
-            status=request.query_params.get("status") or None,
+            user=user,
+            status=status,
             offset=offset,
             limit=limit,
         )
@@ -117,7 +97,7 @@ async def admin_history(request: Request) -> Response:
 
 async def user_settlements(request: Request) -> Response:
     core = _core(request)
-    address = _own_address(request, core)
+    address, _ = await authenticate_owner(request, core)
     offset, limit = _page(request)
     async with core.db.connect() as conn:
         items, total = await queries.history(conn, user=address, offset=offset, limit=limit)
@@ -128,14 +108,12 @@ async def user_settlements(request: Request) -> Response:
 
 async def user_settlement(request: Request) -> Response:
     core = _core(request)
-    address = _own_address(request, core)
-    raw_nonce = request.path_params["nonce"]
-    if not raw_nonce.isdigit():
-        raise BadRequest("nonce must be a decimal integer", param="nonce")
+    nonce = parse_uint(str(request.path_params["nonce"]), "nonce")  # a uint256 on chain
+    address, _ = await authenticate_owner(request, core)
     async with core.db.connect() as conn:
-        found = await queries.entry_detail(conn, address, int(raw_nonce))
+        found = await queries.entry_detail(conn, address, nonce)
     if found is None:
-        raise NotFound(f"no settlement with nonce {raw_nonce} for {to_checksum_address(address)}")
+        raise NotFound(f"no settlement with nonce {nonce} for {to_checksum_address(address)}")
     record, receipts = found
     body = settlement_json(record, provider=core.provider_address)
     tree = ReceiptTree(receipts)

@@ -291,10 +291,21 @@ class Http1Pool:
         self._fixed_headers = ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
     async def request(
-        self, method: str, path: str, body: bytes, content_type: str = "application/json"
+        self,
+        method: str,
+        path: str,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        """Send one request; returns once the response headers have arrived."""
+        """Send one request; returns once the response headers have arrived.
+
+        ``headers`` are per-request extras; names and values must be plain header text
+        (the caller builds them, never a client).
+        """
         start = f"{method} {path} HTTP/1.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        if headers:
+            start += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head = start.encode("latin-1") + self._fixed_headers + b"\r\n"
         for attempt in (0, 1):
             conn, reused = await self._get(fresh=attempt == 1)
