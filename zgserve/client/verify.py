@@ -30,15 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from zgserve.common.signing import recover_address, sha256_hex
+from zgserve.common.tdx_quote import TdxQuoteError, parse_tdx_quote
 
 NRAS_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
 NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
 SPDM_MEASUREMENTS_PREFIX = bytes([0x11, 0xE0, 0x01, 0xFF])
-# TDX quote v4: 48-byte header, TD report body after it.
-_TDX_TEE_TYPE = 0x81
-_TD_ATTRIBUTES = slice(48 + 120, 48 + 128)
-_MRTD = slice(48 + 136, 48 + 184)
-_REPORT_DATA = slice(568, 632)
 
 Status = Literal["pass", "fail", "not checked"]
 
@@ -142,22 +138,17 @@ def _check_quote(result: Verification, quote_hex: str, address: str, nonce: byte
     except ValueError:
         result.add("TDX quote present", False, "intel_quote is not hex")
         return
-    if len(quote) < 632:
-        result.add("TDX quote present", False, f"{len(quote)} bytes: too short for a v4 quote")
+    try:
+        body = parse_tdx_quote(quote)
+    except TdxQuoteError as exc:
+        result.add("TDX quote format", False, str(exc))
         return
-    version = int.from_bytes(quote[0:2], "little")
-    tee_type = int.from_bytes(quote[4:8], "little")
-    result.add(
-        "TDX quote format",
-        version == 4 and tee_type == _TDX_TEE_TYPE,
-        f"version {version}, tee {tee_type:#x}",
-    )
+    result.add("TDX quote format", True, f"version {body.version}, body type {body.body_type}")
     expected = expected_report_data(address, nonce)
-    got = quote[_REPORT_DATA]
+    got = body.report_data
     result.add("quote report_data[:32] = signing address", got[:32] == expected[:32], got[:32].hex())
     result.add("quote report_data[32:] = nonce", got[32:] == expected[32:], got[32:].hex())
-    debug = quote[_TD_ATTRIBUTES][0] & 1
-    result.add("TD is not a debug TD", not debug, f"MRTD {quote[_MRTD].hex()[:24]}...")
+    result.add("TD is not a debug TD", not body.debug, f"MRTD {body.mrtd.hex()[:24]}...")
     result.skip(
         "TDX quote signature chain (Intel)",
         "needs Intel's collateral (PCS/PCCS) and a quote verifier such as dcap-qvl; not done here",

@@ -28,6 +28,9 @@ class RequestLimits:
     max_request_bytes: int = 16 * 1024 * 1024
     max_output_tokens: int = 4096
     max_choices: int = 8
+    # Sent when a request names no model: llama.cpp would otherwise answer with the model's
+    # file path, an internal detail, in every answer.
+    default_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,8 @@ def prepare(
     payload = policy.check(kind, parsed)
     cap = output_cap(payload, effective_limit(limits, output_limit), max_choices=limits.max_choices)
     sent = with_cap(flatten_text_parts(payload), cap)
+    if limits.default_model and not isinstance(sent.get("model"), str):
+        sent["model"] = limits.default_model
     stream = payload.get("stream") is True
     if stream:
         options = sent.get("stream_options")

@@ -170,3 +170,13 @@ def test_the_provider_chooses_what_passes() -> None:
         prepare("completions", json.dumps(text).encode(), policy=ParamPolicy(), limits=LIMITS).cap.choices
         == 2
     )
+
+
+def test_a_request_without_a_model_names_the_served_one() -> None:
+    # llama.cpp answers a request without "model" with the model's file path (an internal detail).
+    limits = RequestLimits(max_output_tokens=64, default_model="SmolLM2-135M-Instruct")
+    bare = json.dumps({"messages": CHAT["messages"]}).encode()
+    sent = json.loads(prepare("chat", bare, policy=ParamPolicy(), limits=limits).body)
+    assert sent["model"] == "SmolLM2-135M-Instruct"
+    named = json.loads(prepare("chat", json.dumps(CHAT).encode(), policy=ParamPolicy(), limits=limits).body)
+    assert named["model"] == "m"

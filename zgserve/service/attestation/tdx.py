@@ -18,12 +18,11 @@ import uuid
 from pathlib import Path
 
 from zgserve.common.signing import Signer
+from zgserve.common.tdx_quote import TdxQuoteError, parse_tdx_quote
 from zgserve.service.attestation.base import REPORT_DATA_SIZE, AttestationError, TeeBackend, TeeQuote
 
 TSM_REPORT_DIR = Path("/sys/kernel/config/tsm/report")
 TDX_PROVIDER = "tdx_guest"
-# TDX quote v4: 48-byte header, then the TD report body; REPORTDATA is bytes 568..632.
-QUOTE_REPORT_DATA = slice(568, 632)
 
 
 def probe_provider(base: Path = TSM_REPORT_DIR) -> str | None:
@@ -96,6 +95,10 @@ class TdxTee(TeeBackend):
                     pass
         if after != before + 1:
             raise AttestationError("the report entry was written concurrently; quote discarded")
-        if quote[QUOTE_REPORT_DATA] != report_data:
+        try:
+            body = parse_tdx_quote(quote)
+        except TdxQuoteError as exc:
+            raise AttestationError(f"configfs-tsm returned an unusable quote: {exc}") from exc
+        if body.report_data != report_data:
             raise AttestationError("the quote does not carry the requested report_data")
         return quote
