@@ -250,6 +250,38 @@ async def test_bodies_stand_in_backend(fake_stack: Stack, tally: Tally, devnet: 
     await run(stack, tally, devnet, one)
 
 
+LENGTH_FIELDS = frozenset({"max_tokens", "max_completion_tokens", "n", "best_of"})
+
+
+@st.composite
+def wrong_field_body(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    """A valid request with one to three known fields set to odd values; short answers only."""
+    path = draw(st.sampled_from([CHAT, COMPLETIONS]))
+    base = dict(CHAT_BODY if path == CHAT else COMPLETION_BODY)
+    for _ in range(draw(st.integers(1, 3))):
+        base[draw(st.sampled_from(KNOWN_FIELDS))] = draw(ODD_VALUES)
+    if not LENGTH_FIELDS & base.keys() - {"max_tokens"}:
+        base["max_tokens"] = 2  # the point is the backend's reaction, not a long generation
+    return path, f"fields {sorted(base)}", encoded(base)
+
+
+async def test_wrong_fields_against_the_real_backend(
+    llama_stack: Stack, tally: Tally, devnet: Devnet
+) -> None:
+    # The fake backend accepts almost anything; llama.cpp answers wrong types with 422 or 500
+    # (or crashes): everything it would refuse must be refused in front of it, as a 4xx.
+    stack = llama_stack
+
+    @fuzz(400)
+    @given(case=wrong_field_body())
+    def one(case: tuple[str, str, bytes]) -> None:
+        path, what, body = case
+        headers = [("Authorization", stack.token()), JSON]
+        stack.send("POST", path, headers=headers, body=body, what=f"llama {what} {body[:200]!r}")
+
+    await run(stack, tally, devnet, one)
+
+
 @st.composite
 def hostile_headers(draw: st.DrawFn) -> list[tuple[str, str]]:
     names = st.sampled_from(

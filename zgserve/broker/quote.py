@@ -1,10 +1,16 @@
 """The broker's attestation for ``GET /v1/quote``, in the shape the SDK's ``verifyService`` reads.
 
-``report_data`` is base64 of the ASCII ``0x…`` settlement-signer address, NUL-padded
-to 64 bytes; the TEE quote is taken over exactly those 64 bytes, so the address the
-SDK reads is the one the hardware bound. ``event_log`` and ``tcb_info`` come from the
-backend as they are; a simulated backend has neither, and the report says
-``"tee": "simulated"`` with its warning rather than inventing evidence.
+With TEE hardware, ``report_data`` is base64 of the ASCII ``0x…`` settlement-signer
+address, NUL-padded to 64 bytes, and the TEE quote is taken over exactly those 64 bytes,
+so the address the SDK reads is the one the hardware bound. ``quote``, ``event_log``,
+``vm_config`` and ``tcb_info`` sit at the top level as the TEE runtime gave them, where
+dstack-verifier and the SDK's compose check read them.
+
+A simulated backend has no quote, and its ``report_data`` is a plain-text marker, not the
+address: the SDK's signer check compares the decoded ``report_data`` with the on-chain
+signer and ignores every label, so a bound address would make a simulated provider look
+verified. The signer stays readable in ``signing_address`` / ``provider_signer``, beside
+``"tee": "simulated"`` and the warning.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from typing import Any
 
 from zgserve.common.signing import Signer
 from zgserve.service.attestation import TeeBackend
+from zgserve.service.attestation.dstack import verifier_fields
+from zgserve.service.attestation.simulated import SIMULATED_REPORT_DATA
 
 
 def report_data(address: str) -> bytes:
@@ -24,21 +32,24 @@ def report_data(address: str) -> bytes:
 async def build_quote(tee: TeeBackend, signer: Signer) -> dict[str, Any]:
     data = report_data(signer.address)
     quote = await tee.quote(data)
+    # An empty quote (dstack without TDX) binds nothing either.
+    simulated = not tee.is_hardware or not quote.quote
     info = dict(quote.info)
+    # One copy, at the top level (below): dstack-verifier does not look inside ``info``.
+    info.pop("vm_config", None)
     report: dict[str, Any] = {
         "tee": quote.tee,
-        "simulated": not tee.is_hardware,
+        "simulated": simulated,
         "signing_address": signer.address,
         "provider_signer": signer.address,
         "signing_algo": "ecdsa",
-        "report_data": base64.b64encode(data).decode("ascii"),
-        "quote": quote.quote.hex() if quote.quote else "",
+        "report_data": base64.b64encode(SIMULATED_REPORT_DATA if simulated else data).decode("ascii"),
+        "quote": "",
         "event_log": quote.event_log,
         "info": info,
     }
-    tcb_info = info.get("tcb_info")
-    if tcb_info is not None:
-        report["tcb_info"] = tcb_info
-    if not tee.is_hardware:
+    if simulated:
         report["warning"] = info.get("warning", "simulated TEE: no hardware evidence")
+    else:
+        report.update(verifier_fields(quote))
     return report

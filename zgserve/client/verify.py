@@ -8,8 +8,8 @@ check that did not run never counts as verified.
   received, the EIP-191 signature recovered and compared with the attested address.
 * Reports: the nonce echo, the TDX quote's ``report_data`` binding (address padded
   to 32 bytes + nonce) and debug flag, the GPU evidence's nonce (in the payload and
-  inside each SPDM report), and, when NRAS is reachable, NVIDIA's verdict with every
-  JWT signature checked (ES384) against NVIDIA's published keys. The Intel quote's
+  inside each SPDM report), and, when NRAS is reachable, NVIDIA's verdict checked as
+  NVIDIA's policy states it (see :mod:`zgserve.client.nras`). The Intel quote's
   signature chain needs Intel's collateral service and is reported as not checked.
 """
 
@@ -18,22 +18,20 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from zgserve.client.nras import NRAS_JWKS_URL as NRAS_JWKS_URL
+from zgserve.client.nras import NRAS_URL as NRAS_URL
+from zgserve.client.nras import NRAS_V4_URL as NRAS_V4_URL
+from zgserve.client.nras import JwtError as JwtError
+from zgserve.client.nras import check_nras as check_nras
+from zgserve.client.nras import verify_jwt_es384 as verify_jwt_es384
 from zgserve.common.signing import recover_address, sha256_hex
 from zgserve.common.tdx_quote import TdxQuoteError, parse_tdx_quote
 
-NRAS_URL = "https://nras.attestation.nvidia.com/v3/attest/gpu"
-NRAS_JWKS_URL = "https://nras.attestation.nvidia.com/.well-known/jwks.json"
 SPDM_MEASUREMENTS_PREFIX = bytes([0x11, 0xE0, 0x01, 0xFF])
 
 Status = Literal["pass", "fail", "not checked"]
@@ -215,9 +213,13 @@ async def verify_report(
     online: bool = True,
     nras_url: str = NRAS_URL,
     jwks_url: str = NRAS_JWKS_URL,
+    nras_service_key: str | None = None,
     session: aiohttp.ClientSession | None = None,
 ) -> Verification:
-    """Local checks, then NVIDIA's remote attestation when ``online`` and there is GPU evidence."""
+    """Local checks, then NVIDIA's remote attestation when ``online`` and there is GPU evidence.
+
+    ``nras_url`` defaults to NRAS v3; for v4 pass ``NRAS_V4_URL`` and an NGC ``nras_service_key``.
+    """
     result = verify_report_local(report, nonce, expected_address=expected_address)
     if any(c.name == "GPU evidence present" for c in result.checks):
         return result  # no GPU evidence: nothing to send to NRAS (already a failed check)
@@ -228,125 +230,8 @@ async def verify_report(
     own = session is None
     http = session or aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
     try:
-        await check_nras(result, http, payload, nonce, nras_url, jwks_url)
+        await check_nras(result, http, payload, nonce, nras_url, jwks_url, service_key=nras_service_key)
     finally:
         if own:
             await http.close()
     return result
-
-
-# -- NVIDIA remote attestation (NRAS) -------------------------------------------
-
-
-class JwtError(Exception):
-    pass
-
-
-def _b64url(data: str) -> bytes:
-    return base64.urlsafe_b64decode(data + "=" * (-len(data) % 4))
-
-
-def _jwk_public_key(jwk: dict[str, Any]) -> ec.EllipticCurvePublicKey:
-    if jwk.get("x") and jwk.get("y"):
-        numbers = ec.EllipticCurvePublicNumbers(
-            int.from_bytes(_b64url(jwk["x"]), "big"), int.from_bytes(_b64url(jwk["y"]), "big"), ec.SECP384R1()
-        )
-        return numbers.public_key()
-    if jwk.get("x5c"):
-        key = x509.load_der_x509_certificate(base64.b64decode(jwk["x5c"][0])).public_key()
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            return key
-    raise JwtError(f"JWK {jwk.get('kid')!r} holds no P-384 public key")
-
-
-def verify_jwt_es384(token: str, jwks: dict[str, Any], *, now: float | None = None) -> dict[str, Any]:
-    """The claims of ``token`` after checking its ES384 signature against ``jwks``; raises JwtError."""
-    try:
-        header_b64, claims_b64, signature_b64 = token.split(".")
-        header = json.loads(_b64url(header_b64))
-        claims = json.loads(_b64url(claims_b64))
-        signature = _b64url(signature_b64)
-    except (ValueError, binascii.Error) as exc:
-        raise JwtError(f"malformed JWT: {exc}") from exc
-    if header.get("alg") != "ES384":
-        raise JwtError(f"JWT algorithm is {header.get('alg')!r}, expected ES384")
-    keys = [k for k in jwks.get("keys", []) if k.get("kid") == header.get("kid")]
-    if not keys:
-        raise JwtError(f"no published key with kid {header.get('kid')!r}")
-    if len(signature) != 96:
-        raise JwtError("an ES384 signature is 96 bytes")
-    der = encode_dss_signature(int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big"))
-    try:
-        _jwk_public_key(keys[0]).verify(
-            der, f"{header_b64}.{claims_b64}".encode("ascii"), ec.ECDSA(hashes.SHA384())
-        )
-    except InvalidSignature as exc:
-        raise JwtError("JWT signature does not verify") from exc
-    now = time.time() if now is None else now
-    if isinstance(claims.get("exp"), int | float) and now > claims["exp"] + 60:
-        raise JwtError("JWT has expired")
-    if isinstance(claims.get("nbf"), int | float) and now < claims["nbf"] - 60:
-        raise JwtError("JWT is not valid yet")
-    return dict(claims)
-
-
-def _tokens(answer: Any) -> list[str]:
-    """Every JWT string inside NRAS's answer (``[["JWT", overall], {"GPU-0": token}]``)."""
-    if isinstance(answer, str):
-        return [answer] if answer.count(".") == 2 else []
-    if isinstance(answer, list):
-        return [t for item in answer for t in _tokens(item)]
-    if isinstance(answer, dict):
-        return [t for item in answer.values() for t in _tokens(item)]
-    return []
-
-
-async def check_nras(
-    result: Verification,
-    session: aiohttp.ClientSession,
-    payload: dict[str, Any],
-    nonce: bytes,
-    nras_url: str = NRAS_URL,
-    jwks_url: str = NRAS_JWKS_URL,
-) -> None:
-    """Send the GPU evidence to NRAS and check its signed verdict."""
-    body = {
-        "nonce": payload.get("nonce"),
-        "evidence_list": payload.get("evidence_list"),
-        "arch": payload.get("arch") or "HOPPER",
-        "claims_version": "2.0",
-    }
-    try:
-        async with session.post(nras_url, json=body) as resp:
-            if resp.status != 200:
-                result.add("NVIDIA NRAS verdict", False, f"NRAS answered HTTP {resp.status}")
-                return
-            answer = await resp.json(content_type=None)
-        async with session.get(jwks_url) as resp:
-            jwks = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        result.skip("NVIDIA NRAS verdict", f"NRAS unreachable: {exc}")
-        return
-    tokens = _tokens(answer)
-    if not tokens:
-        result.add("NVIDIA NRAS verdict", False, "NRAS answer holds no JWT")
-        return
-    claims: list[dict[str, Any]] = []
-    for token in tokens:
-        try:
-            claims.append(verify_jwt_es384(token, jwks))
-        except JwtError as exc:
-            result.add("NRAS JWT signatures (ES384, NVIDIA keys)", False, str(exc))
-            return
-    result.add("NRAS JWT signatures (ES384, NVIDIA keys)", True, f"{len(tokens)} token(s)")
-    overall = claims[0]
-    result.add(
-        "NRAS overall attestation result",
-        overall.get("x-nvidia-overall-att-result") is True,
-        str(overall.get("x-nvidia-overall-att-result")),
-    )
-    eat_nonce = overall.get("eat_nonce")
-    if eat_nonce is None:
-        result.skip("NRAS verdict is for our nonce", "the overall token has no eat_nonce claim")
-    else:
-        result.add("NRAS verdict is for our nonce", str(eat_nonce).lower() == nonce.hex())

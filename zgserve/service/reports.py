@@ -3,6 +3,11 @@
 ``report_data`` = signing address padded to 32 bytes + the 32-byte nonce; the GPU
 evidence is requested with the same nonce. A report without a client nonce uses a
 server nonce and is cached, refreshed in the background every ``refresh_s``.
+
+With a hardware quote the report also carries, at the top level, what the official
+verifiers read (the SDK names this report ``llm`` and tells users to post it to
+dstack-verifier): ``quote``, ``event_log``, ``vm_config`` and ``tcb_info`` as the TEE
+runtime gave them (see :func:`zgserve.service.attestation.dstack.verifier_fields`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from zgserve.service.attestation import (
     TeeBackend,
     report_data_for,
 )
+from zgserve.service.attestation.dstack import verifier_fields
 from zgserve.service.attestation.simulated import SIMULATED_WARNING
 
 logger = logging.getLogger(__name__)
@@ -92,6 +98,7 @@ class ReportService:
             "event_log": quote.event_log,
             "info": quote.info,
         }
+        entry.update(verifier_fields(quote))
         if simulated:
             entry["simulated"] = True
             entry["warning"] = SIMULATED_WARNING

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zgserve.common.errors import BadRequest, NotFound, PayloadTooLarge, ZgError, error_body
 from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, parse_count
+from zgserve.common.paths import RouteNotFound, canonical_path
 from zgserve.common.signing import SIGNING_ALGO, Signer
 from zgserve.service.attestation import AttestationError
 from zgserve.service.outbound import RequestLimits, prepare
@@ -39,8 +40,6 @@ _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key, ZG-Prompt-Tokens")
 _OUTPUT_LIMIT = OUTPUT_LIMIT.encode()
 _PROMPT_TOKENS = PROMPT_TOKENS.encode()
-# One path segment as the service's routes and response ids spell them; "." and ".." excepted below.
-_SEGMENT = re.compile(rb"[A-Za-z0-9_.:\-]+")
 
 
 class ClientGone(Exception):
@@ -51,19 +50,6 @@ class AttestationUnavailable(ZgError):
     status = 503
     code = "attestation_unavailable"
     type = "server_error"
-
-
-class RouteNotFound(NotFound):
-    code = "route_not_found"
-
-
-def canonical_path(raw: bytes) -> bool:
-    """True when ``raw`` is a path in the one spelling routes use: no percent-encoding, no dot
-    segments, no empty segment (``//``, trailing ``/``), no backslash. Anything else could reach
-    a route under a second name, or be read differently by a server behind us."""
-    if not raw.startswith(b"/") or len(raw) > 512:
-        return False
-    return all(_SEGMENT.fullmatch(s) and s not in (b".", b"..") for s in raw[1:].split(b"/"))
 
 
 def error_payload(exc: Exception, where: str) -> tuple[int, bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -165,12 +166,23 @@ async def fake_nras() -> AsyncIterator[tuple[str, dict[str, Any]]]:
 
     async def attest(request: web.Request) -> web.Response:
         body = await request.json()
+        gpu_claims = {
+            "measres": "success",
+            "dbgstat": "disabled",
+            "x-nvidia-gpu-attestation-report-nonce-match": True,
+            "eat_nonce": body["nonce"],
+        }
+        gpu = make_jwt(control["key"], "nv", gpu_claims)
         overall = make_jwt(
             control["key"],
             "nv",
-            {"x-nvidia-overall-att-result": control["result"], "eat_nonce": body["nonce"]},
+            {
+                "x-nvidia-overall-att-result": control["result"],
+                "eat_nonce": body["nonce"],
+                "submods": {"GPU-0": ["DIGEST", ["SHA-256", hashlib.sha256(gpu.encode()).hexdigest()]]},
+            },
         )
-        gpu = make_jwt(control["key"], "nv", {"measres": "success"})
+        control["authorization"] = request.headers.get("Authorization")
         return web.json_response([["JWT", overall], {"GPU-0": gpu}])
 
     async def jwks(request: web.Request) -> web.Response:
@@ -210,6 +222,10 @@ async def test_fake_nras_verdict_with_published_keys(fake_nras: tuple[str, dict[
         refused = Verification()
         await check_nras(refused, session, gpu_payload(NONCE), NONCE, *urls)
         assert [c.name for c in refused.failed] == ["NRAS overall attestation result"]
+
+        assert control["authorization"] is None  # v3 takes no key
+        await check_nras(Verification(), session, gpu_payload(NONCE), NONCE, *urls, service_key="nvapi-k")
+        assert control["authorization"] == "Bearer nvapi-k"  # v4's service key, as NRAS 4.0.6+ reads it
 
         unreachable = Verification()
         await check_nras(unreachable, session, gpu_payload(NONCE), NONCE, "http://127.0.0.1:9/x", urls[1])

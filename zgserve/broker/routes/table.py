@@ -25,11 +25,10 @@ from enum import Enum
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from zgserve.common.errors import BadRequest, NotFound, ZgError
+from zgserve.common.errors import BadRequest
+from zgserve.common.paths import MethodNotAllowed, RouteNotFound, canonical_path
 
 PREFIX = "/v1/proxy"
-# One path segment of a canonical route: letters, digits and ``_ . : -``; never only dots.
-_CANONICAL = re.compile(r"(?:/[A-Za-z0-9_.:\-]{1,160})+")
 _RESPONSE_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _MAX_QUERY = 2048
 
@@ -47,16 +46,6 @@ class ProxyRoute:
     billing: Billing
     upstream: str
     query: frozenset[str] = frozenset()
-
-
-class RouteNotFound(NotFound):
-    code = "route_not_found"
-
-
-class MethodNotAllowed(ZgError):
-    status = 405
-    code = "method_not_allowed"
-    type = "invalid_request_error"
 
 
 class UnsupportedQuery(BadRequest):
@@ -92,22 +81,14 @@ class Resolved:
 def _canonical_rest(scope: dict[str, Any]) -> str:
     raw: bytes | None = scope.get("raw_path")
     if raw is None:
-        path: str = scope["path"]
-    else:
-        try:
-            path = raw.decode("ascii")
-        except UnicodeDecodeError:
-            raise RouteNotFound("no such route") from None
-        path = path.split("?", 1)[0]  # some servers keep the query in raw_path
-    if not path.startswith(PREFIX + "/"):
-        raise RouteNotFound("no such route")
-    rest = path[len(PREFIX) :]
-    if not _CANONICAL.fullmatch(rest) or any(seg in (".", "..") for seg in rest.split("/")):
+        raw = scope["path"].encode("utf-8")
+    raw = raw.split(b"?", 1)[0]  # some servers keep the query in raw_path
+    if not raw.startswith(PREFIX.encode() + b"/") or not canonical_path(raw):
         raise RouteNotFound(
             "no such route (paths must be canonical: no percent-encoding, dot segments, "
             "empty segments or trailing slash)"
         )
-    return rest
+    return raw[len(PREFIX) :].decode("ascii")
 
 
 def _query(scope: dict[str, Any], allowed: frozenset[str], *, charged: bool) -> str:

@@ -5,6 +5,10 @@
 key after every restart of the same app) and ``Info`` (app, compose and TCB
 details). The legacy ``/var/run/tappd.sock`` serves only ``Tappd.TdxQuote`` in
 raw mode here; with it the signing key is made in memory.
+
+The agent's answers are passed on as it sends them: ``event_log``, ``vm_config`` and
+``Info.tcb_info`` are JSON *strings*. :func:`verifier_fields` lifts them to the top level
+of a report, where the official verifiers look for them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,25 @@ def find_socket(configured: Path | None = None) -> Path | None:
         if path is not None and path.is_socket():
             return path
     return None
+
+
+def verifier_fields(quote: TeeQuote) -> dict[str, Any]:
+    """The top-level report fields the official verifiers read, as the agent gave them.
+
+    dstack-verifier's ``/verify`` takes top-level ``quote`` (hex), ``event_log`` and
+    ``vm_config``. The SDK's ``processDStackVerification`` JSON-parses a top-level
+    ``tcb_info`` string, but takes ``info.tcb_info`` only as an object, and the agent sends
+    a string: without the top-level copy the compose check finds no ``app_compose``.
+    Empty for a backend with no quote (simulated): nothing there to pass for evidence.
+    """
+    if not quote.quote:
+        return {}
+    fields: dict[str, Any] = {"quote": quote.quote.hex(), "event_log": quote.event_log}
+    for key in ("vm_config", "tcb_info"):
+        value = quote.info.get(key)
+        if value is not None:
+            fields[key] = value
+    return fields
 
 
 class DstackTee(TeeBackend):
@@ -114,7 +137,8 @@ class DstackTee(TeeBackend):
         info = dict(await self.info())
         info.setdefault("tee", self.name)
         if "vm_config" in data:
-            info.setdefault("vm_config", data["vm_config"])
+            # The GetQuote answer's copy is the one dstack-verifier pairs with this quote.
+            info["vm_config"] = data["vm_config"]
         return TeeQuote(
             tee=self.name, quote=quote, report_data=padded, event_log=data.get("event_log", ""), info=info
         )

@@ -1,9 +1,11 @@
 """Simulated TEE: for machines without TEE hardware, and honest about it.
 
 Nothing here can be mistaken for evidence: there is no quote (``intel_quote`` is the
-empty string), the event log is empty, and ``info`` carries a warning. The binding
-(``report_data``) is still computed, so clients can exercise their code paths, but
-a report from this backend proves nothing about where the key lives.
+empty string), the event log is empty, and ``info`` carries a warning. The service
+report's binding (``report_data``, hex) is still computed, so clients can exercise their
+code paths, but a report from this backend proves nothing about where the key lives.
+The broker's ``/v1/quote`` carries :data:`SIMULATED_REPORT_DATA` instead of the address,
+because the SDK's signer check reads that field alone and ignores every label.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ SIMULATED_WARNING = (
     "SIMULATED: no TEE hardware. This report carries no hardware evidence and proves nothing about "
     "where the signing key is kept."
 )
+
+# What ``/v1/quote`` puts in ``report_data`` (base64) in simulated mode. The SDK decodes it,
+# strips NULs and compares it with the on-chain signer: this text is no address, so the SDK
+# shows it and reports a mismatch, and the compose check finds no event log.
+SIMULATED_REPORT_DATA = b"SIMULATED-TEE:NOT-ATTESTED"
 
 
 class SimulatedTee(TeeBackend):
