@@ -1,6 +1,6 @@
 """A stand-in dstack guest agent on a unix socket, replaying a recorded real agent.
 
-``../shared/fixtures/tee/dstack_recorded.json`` (``SAMPLE_DSTACK_INFO``,
+``tests/fixtures/tee/dstack_recorded.json`` (a copy of ``../shared/fixtures/tee/``) (``SAMPLE_DSTACK_INFO``,
 ``SAMPLE_DSTACK_QUOTE``) holds what a real agent answered to ``Info`` and ``GetQuote``.
 This server answers with exactly those fields, typed as the agent sends them: ``Info``'s
 ``tcb_info`` and ``key_provider_info`` and ``GetQuote``'s ``event_log`` are JSON *strings*
@@ -29,8 +29,8 @@ from typing import Any
 
 from aiohttp import web
 
-# The shared fixtures sit beside the checkout, as for the other recorded-evidence tests.
-RECORDING = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "tee" / "dstack_recorded.json"
+# Recorded evidence shipped with the tests (a copy of ../shared/fixtures/tee/, see its README).
+RECORDING = Path(__file__).resolve().parents[1] / "fixtures" / "tee" / "dstack_recorded.json"
 QUOTE_REPORT_DATA = slice(48 + 520, 48 + 520 + 64)
 
 

@@ -42,7 +42,10 @@ PROVIDER_TRANSFER = 2 * OG
 MAX_TOKENS = 48
 PROMPT = "In two short sentences: why should an AI answer come with a signature?"
 # Checks that need TEE hardware; in simulated mode they fail by design and are shown apart.
-HARDWARE_CHECKS = frozenset({"TEE hardware evidence", "GPU evidence present"})
+QUOTE_SIGNER_CHECK = "/v1/quote report_data is the on-chain TEE signer (the SDK's verifyService check)"
+# A simulated TEE binds nothing in its quote (so that no official verifier takes it for a real
+# one): these checks can pass on hardware only.
+HARDWARE_CHECKS = frozenset({"TEE hardware evidence", "GPU evidence present", QUOTE_SIGNER_CHECK})
 _ADMIN_TIMEOUT = aiohttp.ClientTimeout(total=120)
 
 
@@ -188,7 +191,7 @@ class DemoUser:
             checks = verify_report_local(report, nonce, expected_address=expected)
             signer = quote_signer(quote)
             checks.add(
-                "/v1/quote report_data is the on-chain TEE signer (the SDK's verifyService check)",
+                QUOTE_SIGNER_CHECK,
                 signer is not None and signer.lower() == service.tee_signer_address.lower(),
                 str(signer),
             )

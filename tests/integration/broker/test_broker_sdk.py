@@ -62,7 +62,8 @@ async def test_sdk_journey(start_broker, devnet: Devnet, tmp_path: Path) -> None
             assert call["valid"] is True, f"{kind}: processResponse did not verify"
             assert call["resKey"] == call["bodyId"] == call["chatID"]
             assert call["authorization"].startswith("Bearer app-sk-")
-        assert result["signerMatch"] is True  # /v1/quote binds the registered settlement signer
+        # A simulated TEE's /v1/quote binds no signer: the SDK must not take it for a verified one.
+        assert result["signerMatch"] is False
 
         core = broker.core
         async with core.db.connect() as conn:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import logging
 import os
 import secrets
 import stat
@@ -18,11 +20,18 @@ import pytest
 from aiohttp import web
 
 from zgserve.common.signing import Signer
-from zgserve.service.attestation import AttestationError, get_tee_backend, report_data_for
+from zgserve.service.attestation import (
+    DSTACK_SOCKET_SEARCH,
+    AttestationError,
+    detect_tee,
+    get_tee_backend,
+    report_data_for,
+)
+from zgserve.service.attestation import tdx as tdx_module
 from zgserve.service.attestation.dstack import DstackTee
 from zgserve.service.attestation.nvidia import NvmlGpuEvidence, detect, probe
 from zgserve.service.attestation.simulated import SimulatedTee
-from zgserve.service.attestation.tdx import TdxTee, probe_provider
+from zgserve.service.attestation.tdx import TdxTee, probe_provider, probe_provider_reason
 
 NONCE = bytes(range(32))
 
@@ -103,7 +112,7 @@ async def dstack_socket(tmp_path: Path) -> AsyncIterator[Path]:
         os.unlink(path)
 
 
-async def test_dstack_fake_guest_agent_derives_a_stable_key_and_quotes(dstack_socket: Path) -> None:
+async def test_dstack_fake_guest_agent_derives_a_stable_key_and_quotes_stand_in(dstack_socket: Path) -> None:
     tee = get_tee_backend("auto", dstack_socket=dstack_socket)
     assert isinstance(tee, DstackTee)
     try:
@@ -172,7 +181,7 @@ class FakeNvml:
         )
 
 
-async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised() -> None:
+async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised_stand_in() -> None:
     nvml = FakeNvml()
     source = detect(nvml)
     assert source is not None
@@ -185,7 +194,7 @@ async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised() -> No
         assert set(payload["evidence_list"][0]) == {"certificate", "evidence"}
 
 
-async def test_nvml_fake_driver_wrong_nonce_and_cc_off_are_refused() -> None:
+async def test_nvml_fake_driver_wrong_nonce_and_cc_off_are_refused_stand_in() -> None:
     with pytest.raises(AttestationError, match="nonce"):
         await NvmlGpuEvidence(FakeNvml(echo_nonce=False)).evidence(NONCE)
     assert detect(FakeNvml(cc=0)) is None
@@ -195,3 +204,57 @@ async def test_nvml_fake_driver_wrong_nonce_and_cc_off_are_refused() -> None:
     assert found["cc_enabled"] is False
     assert found["gpus"][0]["nonce_check"] == "ok"
     assert json.dumps(found)  # printable by the standalone run
+
+
+class FlakyConfigfsTdx(TdxTee):
+    """A stand-in for the kernel's configfs-tsm that answers ``errors`` before a quote."""
+
+    def __init__(self, errors: list[int]) -> None:
+        super().__init__(Path("/nonexistent"), attempts=3, backoff_s=0.001)
+        self.errors = errors
+        self.calls = 0
+
+    def _quote_once(self, report_data: bytes) -> bytes:
+        self.calls += 1
+        if self.errors:
+            code = self.errors.pop(0)
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError as exc:
+                raise tdx_module._Retryable() from exc
+        quote = bytearray(700)
+        quote[0:2], quote[4:8] = (4).to_bytes(2, "little"), (0x81).to_bytes(4, "little")
+        quote[568:632] = report_data
+        return bytes(quote)
+
+
+async def test_configfs_tsm_ebusy_and_etimedout_are_retried_boundedly_stand_in() -> None:
+    tee = FlakyConfigfsTdx([errno.EBUSY, errno.ETIMEDOUT])
+    quote = await tee.quote(b"r" * 64)
+    assert tee.calls == 3
+    assert quote.quote is not None
+    assert quote.quote[568:632] == b"r" * 64
+    busy = FlakyConfigfsTdx([errno.EBUSY] * 5)
+    with pytest.raises(AttestationError, match="failed 3 times"):
+        await busy.quote(b"r")
+    assert busy.calls == 3
+
+
+def test_auto_fallback_says_why_it_is_simulated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    provider, why = probe_provider_reason(tmp_path / "missing")
+    assert provider is None
+    assert "does not exist" in why
+    assert "configfs" in why
+    if os.geteuid() != 0:  # root ignores directory permissions
+        locked = tmp_path / "report"
+        locked.mkdir(mode=0o500)
+        assert "no permission" in probe_provider_reason(locked)[1]
+    with caplog.at_level(logging.WARNING):
+        assert detect_tee(tmp_path / "no.sock") == "simulated"
+    assert "falling back to SIMULATED" in caplog.text
+    assert "TDX:" in caplog.text
+
+
+def test_dstack_socket_search_paths(dstack_socket: Path) -> None:
+    assert (Path("/run/dstack.sock"), Path("/var/run/dstack/dstack.sock")) == DSTACK_SOCKET_SEARCH
+    assert detect_tee(dstack_socket) == "dstack"

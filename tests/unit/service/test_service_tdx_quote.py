@@ -20,13 +20,13 @@ from zgserve.common.tdx_quote import (
     parse_tdx_quote,
 )
 
-FIXTURES = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "tee"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "tee"
 
 
 def load(name: str) -> dict[str, Any]:
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"recorded evidence {path} is not present")
+        pytest.fail(f"recorded evidence {path} is missing")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 

@@ -29,6 +29,10 @@ from zgserve.service.attestation.base import (
 
 logger = logging.getLogger(__name__)
 
+# Where dstack guest agents put their socket, searched in order after dstack.find_socket's
+# standard paths: newer images use /run, some mount the agent's directory under /var/run/dstack.
+DSTACK_SOCKET_SEARCH = (Path("/run/dstack.sock"), Path("/var/run/dstack/dstack.sock"))
+
 TeeName = Literal["auto", "tdx", "dstack", "simulated"]
 GpuName = Literal["auto", "nvml", "off"]
 
@@ -46,14 +50,30 @@ __all__ = [
 ]
 
 
-def detect_tee(dstack_socket: Path | None = None) -> str:
-    """Which TEE this host offers: ``dstack``, ``tdx`` or ``simulated``."""
-    from zgserve.service.attestation import dstack, tdx
+def _find_dstack_socket(configured: Path | None) -> Path | None:
+    """The configured socket, else the first of the standard and extra search paths that is one."""
+    from zgserve.service.attestation import dstack
 
-    if dstack.find_socket(dstack_socket) is not None:
+    found = dstack.find_socket(configured)
+    if found is not None or configured is not None:
+        return found
+    return next((p for p in DSTACK_SOCKET_SEARCH if dstack.find_socket(p) is not None), None)
+
+
+def detect_tee(dstack_socket: Path | None = None) -> str:
+    """Which TEE this host offers: ``dstack``, ``tdx`` or ``simulated`` (logging why, when simulated)."""
+    from zgserve.service.attestation import tdx
+
+    if _find_dstack_socket(dstack_socket) is not None:
         return "dstack"
-    if tdx.probe_provider() == tdx.TDX_PROVIDER:
+    provider, why = tdx.probe_provider_reason()
+    if provider == tdx.TDX_PROVIDER:
         return "tdx"
+    logger.warning(
+        "auto: no TEE hardware found, falling back to SIMULATED: no dstack socket (%s); TDX: %s",
+        dstack_socket or "standard paths",
+        why,
+    )
     return "simulated"
 
 
@@ -71,9 +91,9 @@ def get_tee_backend(
     """
     resolved = detect_tee(dstack_socket) if name == "auto" else name
     if resolved == "dstack":
-        from zgserve.service.attestation.dstack import DstackTee, find_socket
+        from zgserve.service.attestation.dstack import DstackTee
 
-        socket = find_socket(dstack_socket)
+        socket = _find_dstack_socket(dstack_socket)
         if socket is None:
             raise AttestationError(f"no dstack socket at {dstack_socket or '/var/run/dstack.sock'}")
         backend: TeeBackend = DstackTee(socket)

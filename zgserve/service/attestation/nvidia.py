@@ -1,4 +1,10 @@
-"""NVIDIA GPU evidence through NVML (H100/H200 in confidential-computing mode).
+"""NVIDIA GPU evidence through NVML (H100/H200 in CC or protected-PCIe mode).
+
+NVIDIA supports two multi-GPU setups: every GPU in confidential-computing (CC) mode,
+or every GPU in protected-PCIe (PPCIe) mode, which 8-GPU HGX machines use. NVML
+reports both in ``nvmlSystemGetConfComputeSettings`` (driver R550, nvidia-ml-py
+12.550 and later): CC mode is ``ccFeature`` on, PPCIe mode is ``multiGpuMode`` 1
+with ``ccFeature`` off. Both at once is no mode NVIDIA supports and is refused.
 
 For each GPU: the SPDM attestation report for a 32-byte nonce
 (``nvmlDeviceGetConfComputeGpuAttestationReport``) and the device certificate
@@ -20,20 +26,28 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import json
+import logging
 import secrets
 import sys
 import threading
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from zgserve.service.attestation.base import NONCE_SIZE, AttestationError, GpuEvidenceSource
 
 SPDM_MEASUREMENTS_PREFIX = bytes([0x11, 0xE0, 0x01, 0xFF])
 ARCH_NAMES = {9: "HOPPER", 10: "BLACKWELL"}
 CC_FEATURE_ENABLED = 1  # NVML_CC_SYSTEM_FEATURE_ENABLED
+MULTIGPU_NONE = 0  # NVML_CC_SYSTEM_MULTIGPU_NONE
+MULTIGPU_PROTECTED_PCIE = 1  # NVML_CC_SYSTEM_MULTIGPU_PROTECTED_PCIE
+NVML_SUCCESS = 0
+
+GpuMode = Literal["cc", "ppcie", "off"]
 
 _NVML_LOCK = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
 def load_nvml() -> ModuleType | None:
@@ -52,6 +66,58 @@ def check_evidence_nonce(evidence: bytes, nonce: bytes) -> None:
         raise AttestationError(f"GPU evidence does not start with 11 E0 01 FF (got {evidence[:4].hex(' ')})")
     if evidence[4 : 4 + NONCE_SIZE] != nonce:
         raise AttestationError("GPU evidence carries another nonce than the one requested")
+
+
+def _legacy_cc_mode(nvml: Any) -> GpuMode:
+    """CC only, from the R535 call: drivers before R550 have no PPCIe and no settings call."""
+    return "cc" if nvml.nvmlSystemGetConfComputeState().ccFeature == CC_FEATURE_ENABLED else "off"
+
+
+def gpu_mode(nvml: Any) -> GpuMode:
+    """``cc``, ``ppcie`` or ``off`` for this host (NVML initialised); raises AttestationError if mixed."""
+    settings_type = getattr(nvml, "c_nvmlSystemConfComputeSettings_v1_t", None)
+    query = getattr(nvml, "nvmlSystemGetConfComputeSettings", None)
+    if settings_type is None or query is None:
+        return _legacy_cc_mode(nvml)
+    settings = settings_type()
+    try:
+        status = query(ctypes.byref(settings))
+    except Exception as exc:
+        # An older driver lacks the symbol (NVMLError_FunctionNotFound): it can only do CC.
+        if "Function Not Found" in str(exc) or type(exc).__name__.endswith("FunctionNotFound"):
+            return _legacy_cc_mode(nvml)
+        raise
+    if status != NVML_SUCCESS:
+        raise AttestationError(f"nvmlSystemGetConfComputeSettings failed (NVML error {status})")
+    cc = settings.ccFeature == CC_FEATURE_ENABLED
+    ppcie = settings.multiGpuMode == MULTIGPU_PROTECTED_PCIE
+    if cc and ppcie:
+        raise AttestationError("GPUs report both CC and protected-PCIe mode; NVIDIA supports only one")
+    if settings.multiGpuMode not in (MULTIGPU_NONE, MULTIGPU_PROTECTED_PCIE):
+        raise AttestationError(f"unsupported NVML multi-GPU mode {settings.multiGpuMode}")
+    return "ppcie" if ppcie else "cc" if cc else "off"
+
+
+# Another process on the host (nvidia-smi, a second verifier) can ask the same GPU for a
+# report between our request and our read, and we then read its nonce: ask again, a few times.
+REPORT_ATTEMPTS = 3
+
+
+def _report_for_nonce(nvml: Any, handle: Any, index: int, nonce: bytes) -> bytes:
+    """GPU ``index``'s SPDM report for ``nonce``, asked again when another caller's nonce came back."""
+    for attempt in range(1, REPORT_ATTEMPTS + 1):
+        report = nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
+        evidence = bytes(report.attestationReport[: report.attestationReportSize])
+        if evidence[:4] == SPDM_MEASUREMENTS_PREFIX and evidence[4 : 4 + NONCE_SIZE] != nonce:
+            logger.warning(
+                "GPU %d returned another caller's nonce (attempt %d); asking again", index, attempt
+            )
+            continue
+        check_evidence_nonce(evidence, nonce)
+        return evidence
+    raise AttestationError(
+        f"GPU {index} evidence carries another nonce than the one requested, {REPORT_ATTEMPTS} times"
+    )
 
 
 def _text(value: Any) -> str:
@@ -81,9 +147,8 @@ class NvmlGpuEvidence(GpuEvidenceSource):
             except Exception as exc:
                 raise AttestationError(f"NVML unavailable: {exc}") from exc
             try:
-                state = nvml.nvmlSystemGetConfComputeState()
-                if state.ccFeature != CC_FEATURE_ENABLED:
-                    raise AttestationError("GPU confidential computing is off on this host")
+                if gpu_mode(nvml) == "off":
+                    raise AttestationError("GPU confidential computing (CC or protected PCIe) is off here")
                 evidence_list: list[dict[str, str]] = []
                 arches: set[str] = set()
                 for index in range(nvml.nvmlDeviceGetCount()):
@@ -92,9 +157,7 @@ class NvmlGpuEvidence(GpuEvidenceSource):
                     if arch is None:
                         raise AttestationError(f"GPU {index} has no confidential-computing attestation")
                     arches.add(arch)
-                    report = nvml.nvmlDeviceGetConfComputeGpuAttestationReport(handle, nonce)
-                    evidence = bytes(report.attestationReport[: report.attestationReportSize])
-                    check_evidence_nonce(evidence, nonce)
+                    evidence = _report_for_nonce(nvml, handle, index, nonce)
                     cert = nvml.nvmlDeviceGetConfComputeGpuCertificate(handle)
                     chain = bytes(cert.attestationCertChain[: cert.attestationCertChainSize])
                     evidence_list.append(
@@ -120,7 +183,7 @@ class NvmlGpuEvidence(GpuEvidenceSource):
 
 
 def detect(nvml: Any | None = None) -> NvmlGpuEvidence | None:
-    """An evidence source when NVML is present and confidential computing is on, else None."""
+    """An evidence source when NVML is present and the GPUs are in CC or PPCIe mode, else None."""
     nvml = nvml if nvml is not None else load_nvml()
     if nvml is None:
         return None
@@ -130,9 +193,10 @@ def detect(nvml: Any | None = None) -> NvmlGpuEvidence | None:
         except Exception:
             return None
         try:
-            if nvml.nvmlSystemGetConfComputeState().ccFeature != CC_FEATURE_ENABLED:
+            if gpu_mode(nvml) == "off":
                 return None
-        except Exception:
+        except Exception as exc:
+            logger.warning("no GPU evidence: %s", exc)
             return None
         finally:
             try:
@@ -165,10 +229,13 @@ def probe(nvml: Any | None = None) -> dict[str, Any]:
                     "cc_feature": state.ccFeature,
                     "dev_tools_mode": state.devToolsMode,
                 }
-                out["cc_enabled"] = state.ccFeature == CC_FEATURE_ENABLED
             except Exception as exc:
                 out["cc_state_error"] = str(exc)
-                out["cc_enabled"] = False
+            try:
+                out["gpu_mode"] = gpu_mode(nvml)
+            except Exception as exc:
+                out["gpu_mode"] = f"error: {exc}"
+            out["cc_enabled"] = out["gpu_mode"] in ("cc", "ppcie")
             try:
                 out["gpus_ready_state"] = nvml.nvmlSystemGetConfComputeGpusReadyState()
             except Exception as exc:
