@@ -10,7 +10,7 @@ and estimating never serialise.
 For crash-safe flows the steps are separate: :meth:`Wallet.sign_transaction` reserves a nonce
 and returns the raw signed bytes to persist; ``ChainClient.send_raw`` broadcasts them (again
 after a restart: re-sending a known transaction is harmless); ``ChainClient.wait_receipt``
-awaits the outcome. Call :meth:`Wallet.reset_nonce` if a signed transaction is abandoned.
+awaits the outcome. Call :meth:`Wallet.release_nonce` if a signed transaction is never sent.
 :meth:`Wallet.reprice` re-signs such a transaction at a higher gas price (same nonce, gas,
 target, value and data) to replace it while it is stuck in the pool.
 Broadcast signed transactions promptly: a resync after a refused send reads the node's
@@ -93,7 +93,7 @@ class Wallet:
         """Estimate, price and sign ``call`` with the next nonce, without broadcasting it.
 
         The nonce is reserved: broadcast the result with ``ChainClient.send_raw`` (or call
-        :meth:`reset_nonce` to give it up), otherwise later transactions wait behind the gap.
+        :meth:`release_nonce` to give it up), otherwise later transactions wait behind the gap.
         """
         gas, price = await self._prepare(call, gas)
         async with self._seq.lock:
@@ -143,6 +143,24 @@ class Wallet:
         if tx.chain_id != self._client.config.chain_id:
             raise ValueError(f"transaction is for chain {tx.chain_id}, not {self._client.config.chain_id}")
         return self._sign(tx.call, tx.nonce, tx.gas, gas_price)
+
+    async def release_nonce(self, signed: SignedTx) -> None:
+        """Give up ``signed``, which was never broadcast, without leaving a gap behind it.
+
+        If no later nonce was handed out, the next transaction takes this one. Otherwise the
+        later ones (signed by a concurrent caller) would wait behind the gap for ever: the gap
+        is filled with a zero-value transfer to ourselves at the same price. The node refuses
+        the filler if the nonce was used meanwhile, which is as good.
+        """
+        async with self._seq.lock:
+            if self._seq.next == signed.nonce + 1:
+                self._seq.next = signed.nonce
+                return
+        filler = self._sign(ContractCall(to=self.address, data=b""), signed.nonce, 21_000, signed.gas_price)
+        try:
+            await self._client.send_raw(filler.raw)
+        except ChainError:
+            await self.reset_nonce()  # the nonce is used: re-read the sequence from the node
 
     async def reset_nonce(self) -> None:
         """Forget the locally tracked nonce; the next send reads it from the node."""

@@ -86,7 +86,8 @@ class ReportService:
             raise ValueError("the nonce is 32 bytes")
         report_data = report_data_for(self.signing_address, nonce)
         quote = await self.tee.quote(report_data)
-        simulated = not self.tee.is_hardware
+        # An empty quote (dstack without TDX under it) binds nothing: labelled as simulated.
+        simulated = not self.tee.is_hardware or not quote.quote
         entry: dict[str, Any] = {
             "signing_address": self.signing_address,
             "signing_algo": SIGNING_ALGO,

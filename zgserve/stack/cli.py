@@ -27,8 +27,29 @@ DEFAULT_MODEL_ALIAS = "SmolLM2-135M-Instruct"
 
 
 def register(app: typer.Typer) -> None:
-    """Add the ``up`` command to the root app."""
+    """Add the ``up`` and ``probe`` commands to the root app."""
     app.command("up")(up)
+    app.command("probe")(probe)
+
+
+def probe(
+    tee: str = typer.Option("auto", "--tee", help="auto, tdx, dstack or simulated."),
+    dstack_socket: Path | None = typer.Option(None, "--dstack-socket", help="The guest agent's socket."),
+    gpu: str = typer.Option("auto", "--gpu", help="auto, nvml or off."),
+    online: bool = typer.Option(False, "--online", help="Also ask NVIDIA's NRAS about the GPU evidence."),
+    as_json: bool = typer.Option(False, "--json", help="Everything as JSON (the report and quote included)."),
+) -> None:
+    """What this machine offers for attestation, a fresh report, and the verifiers' verdicts."""
+    from rich.console import Console
+
+    from zgserve.stack import probe as probing
+
+    result = asyncio.run(probing.probe(tee=tee, dstack_socket=dstack_socket, gpu=gpu, online=online))
+    if as_json:
+        print(probing.dump(result))
+    else:
+        probing.render(result, Console(highlight=False))
+    raise typer.Exit(1 if result.errors else 0)
 
 
 def up(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -26,6 +27,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from zgserve.common.errors import ConfigError
@@ -34,6 +36,8 @@ from zgserve.devnet.network import Devnet, start_devnet
 from zgserve.stack.processes import ProcessGroup, ProcessSpec
 from zgserve.stack.provider_config import LocalProvider, provider_config, write_private_yaml
 from zgserve.stack.steps import Steps
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_ALIAS = "SmolLM2-135M-Instruct"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "0.0.0.0", "::1", "[::1]")
@@ -203,9 +207,7 @@ async def _start_backend(
             await model_task
     except BaseException:
         if model_task is not None:
-            model_task.cancel()
-            with contextlib.suppress(BaseException):
-                await model_task
+            await _cancel(model_task)
         raise
     return model_url, service_url
 
@@ -217,11 +219,16 @@ def _fresh_state(up_dir: Path) -> None:
     shutil.rmtree(up_dir / "service", ignore_errors=True)
 
 
-async def _cancel(task: asyncio.Task[object]) -> None:
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Stop a background step; its own failure is logged, never raised over the caller's."""
     if not task.done():
         task.cancel()
-    with contextlib.suppress(BaseException):
+    try:
         await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        logger.warning("a background step failed while being stopped", exc_info=True)
 
 
 @contextlib.asynccontextmanager

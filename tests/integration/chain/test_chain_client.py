@@ -82,6 +82,24 @@ async def test_sign_then_send_raw_and_receipt_timeout(chain: ChainClient, new_ac
     assert await chain.get_receipt(second.tx_hash) == receipt
 
 
+async def test_a_released_nonce_leaves_no_gap(chain: ChainClient, new_account: NewAccount) -> None:
+    """Two settlers on one key: one gives up its signed batch after the other signed the next one."""
+    wallet = chain.wallet((await new_account()).private_key)
+    call = ContractCall(to=wallet.address, data=b"")
+    given_up = await wallet.sign_transaction(call)
+    later = await wallet.sign_transaction(call)
+    await chain.send_raw(later.raw)
+    await wallet.release_nonce(given_up)  # not the last one handed out: the gap is filled
+    assert (await chain.wait_receipt(later.tx_hash, timeout=5)).status == 1
+    # The last one handed out is simply taken again by the next transaction.
+    last = await wallet.sign_transaction(call)
+    await wallet.release_nonce(last)
+    again = await wallet.sign_transaction(call)
+    assert again.nonce == last.nonce == later.nonce + 1
+    await chain.send_raw(again.raw)
+    assert (await chain.wait_receipt(again.tx_hash, timeout=5)).status == 1
+
+
 async def test_failed_receipt_is_replayed_for_its_reason(chain: ChainClient, new_account: NewAccount) -> None:
     wallet = chain.wallet((await new_account()).private_key)
     ledger = chain.ledger(wallet)

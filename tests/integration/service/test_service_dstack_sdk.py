@@ -5,20 +5,15 @@ The service runs against :class:`StandInDstackAgent`, which replays a real agent
 writes the requested ``report_data`` into the recorded quote at the TDX report_data offset
 (everything else recorded), so the binding is ours; the compose hash and event log are the
 recording's. Then the SDK's ``processDStackVerification`` and ``extractTeeSignerAddress``
-(``tests/integration/service/sdk/dstack_checks.mjs``) run in Node on the service's
+(``zgserve/stack/js/sdk_dstack_checks.mjs``) run in Node on the service's
 ``/v1/attestation/report`` and on the broker's ``/v1/quote`` (``build_quote``, the body
 the broker serves), in dstack mode and in simulated mode.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,41 +24,24 @@ from tests.integration.service.conftest import StartService
 from zgserve.broker.quote import build_quote
 from zgserve.broker.quote import report_data as broker_report_data
 from zgserve.client.verify import verify_report_local
+from zgserve.devnet.node import NodeToolsMissing
 from zgserve.service.attestation import report_data_for
 from zgserve.service.attestation.dstack import DstackTee
 from zgserve.service.attestation.simulated import SimulatedTee
+from zgserve.stack.sdk_checks import sdk_dstack_checks
 
 pytestmark = pytest.mark.node
 
-ROOT = Path(__file__).resolve().parents[3]
-NODE_DIR = ROOT / "node"
-SCRIPT = Path(__file__).parent / "sdk" / "dstack_checks.mjs"
 NONCE = bytes.fromhex("c0" * 32)
 RECORDED_COMPOSE_HASH = load_recording()["SAMPLE_DSTACK_INFO"]["compose_hash"]
 
 
 async def sdk_checks(reports: dict[str, Any]) -> dict[str, Any]:
     """The SDK's verdicts per report name: ``compose`` (bool), ``signer`` (str or None), ``log``."""
-    if shutil.which("node") is None or not (NODE_DIR / "node_modules" / "@0gfoundation").exists():
-        pytest.skip("node and the official SDK are not installed (scripts/install.sh)")
-    with tempfile.TemporaryDirectory() as tmp:
-        # Round-trip through JSON text: the SDK sees exactly what a client downloads.
-        path = Path(tmp) / "reports.json"
-        path.write_text(json.dumps(reports))
-        proc = await asyncio.create_subprocess_exec(
-            "node",
-            str(SCRIPT),
-            str(path),
-            cwd=NODE_DIR,
-            env={**os.environ, "NODE_PATH": str(NODE_DIR / "node_modules")},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, f"node failed:\n{stdout.decode()[-2000:]}\n{stderr.decode()[-2000:]}"
-    line = next(x for x in stdout.decode().splitlines() if x.startswith("RESULT "))
-    result: dict[str, Any] = json.loads(line[len("RESULT ") :])
-    return result
+    try:
+        return await sdk_dstack_checks(reports)
+    except NodeToolsMissing as exc:
+        pytest.skip(f"node and the official SDK are not installed (scripts/install.sh): {exc}")
 
 
 @pytest.fixture

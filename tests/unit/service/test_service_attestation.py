@@ -9,16 +9,13 @@ import logging
 import os
 import secrets
 import stat
-import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from aiohttp import web
 
+from tests.fakes.nvml import StandInNvml
 from zgserve.common.signing import Signer
 from zgserve.service.attestation import (
     DSTACK_SOCKET_SEARCH,
@@ -129,60 +126,8 @@ async def test_dstack_fake_guest_agent_derives_a_stable_key_and_quotes_stand_in(
         await tee.close()
 
 
-class FakeNvml:
-    """The slice of pynvml the evidence source uses; records overlapping calls."""
-
-    def __init__(self, cc: int = 1, echo_nonce: bool = True, gpus: int = 2) -> None:
-        self.cc, self.echo_nonce, self.gpus = cc, echo_nonce, gpus
-        self.active = 0
-        self.max_active = 0
-        self._lock = threading.Lock()
-
-    def nvmlInit(self) -> None:
-        with self._lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-
-    def nvmlShutdown(self) -> None:
-        with self._lock:
-            self.active -= 1
-
-    def nvmlSystemGetConfComputeState(self) -> Any:
-        return SimpleNamespace(environment=2, ccFeature=self.cc, devToolsMode=0)
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "570.00"
-
-    def nvmlSystemGetConfComputeGpusReadyState(self) -> int:
-        return 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return self.gpus
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> int:
-        return index
-
-    def nvmlDeviceGetName(self, handle: int) -> str:
-        return "NVIDIA H100 80GB HBM3"
-
-    def nvmlDeviceGetArchitecture(self, handle: int) -> int:
-        return 9
-
-    def nvmlDeviceGetConfComputeGpuAttestationReport(self, handle: int, nonce: bytes) -> Any:
-        time.sleep(0.002)  # long enough for unserialised callers to overlap
-        echoed = nonce if self.echo_nonce else bytes(32)
-        report = list(bytes([0x11, 0xE0, 0x01, 0xFF]) + echoed + b"\x00" * 100) + [0] * 64
-        return SimpleNamespace(attestationReport=report, attestationReportSize=136)
-
-    def nvmlDeviceGetConfComputeGpuCertificate(self, handle: int) -> Any:
-        chain = b"-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n"
-        return SimpleNamespace(
-            attestationCertChain=list(chain) + [0] * 8, attestationCertChainSize=len(chain)
-        )
-
-
 async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised_stand_in() -> None:
-    nvml = FakeNvml()
+    nvml = StandInNvml(legacy=True)
     source = detect(nvml)
     assert source is not None
     payloads = await asyncio.gather(*(source.evidence(bytes([i]) * 32) for i in range(6)))
@@ -196,11 +141,11 @@ async def test_nvml_fake_driver_evidence_is_nonce_checked_and_serialised_stand_i
 
 async def test_nvml_fake_driver_wrong_nonce_and_cc_off_are_refused_stand_in() -> None:
     with pytest.raises(AttestationError, match="nonce"):
-        await NvmlGpuEvidence(FakeNvml(echo_nonce=False)).evidence(NONCE)
-    assert detect(FakeNvml(cc=0)) is None
+        await NvmlGpuEvidence(StandInNvml(echo_nonce=False, legacy=True)).evidence(NONCE)
+    assert detect(StandInNvml(cc=0, legacy=True)) is None
     with pytest.raises(AttestationError, match="off"):
-        await NvmlGpuEvidence(FakeNvml(cc=0)).evidence(NONCE)
-    found = probe(FakeNvml(cc=0))
+        await NvmlGpuEvidence(StandInNvml(cc=0, legacy=True)).evidence(NONCE)
+    found = probe(StandInNvml(cc=0, legacy=True))
     assert found["cc_enabled"] is False
     assert found["gpus"][0]["nonce_check"] == "ok"
     assert json.dumps(found)  # printable by the standalone run

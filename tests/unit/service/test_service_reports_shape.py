@@ -93,6 +93,7 @@ async def test_stand_in_dstack_with_an_empty_quote_is_treated_as_simulated() -> 
     report = await ReportService(StandInDstack(quote=b""), None, signer.address).report(NONCE)
     assert "quote" not in report
     assert "tcb_info" not in report
+    assert report["simulated"] is True  # the service's report says so too
 
 
 async def test_simulated_service_report_has_nothing_for_a_verifier_to_read() -> None:

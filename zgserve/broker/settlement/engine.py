@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from zgserve.broker.settlement import journal, queries
@@ -388,6 +388,10 @@ class SettlementEngine:
     ) -> bool:
         """Settle one planned batch; False when its transaction is sent but not yet mined."""
         built = await self._build(batch, accounts, claimable)
+        # One global order (by user) for every settler: two racing on the same users then take
+        # the journal's unique keys in the same order and one of them gets a clean conflict,
+        # where opposite orders would deadlock in PostgreSQL.
+        built.sort(key=lambda item: item[0].user.lower())
         if built:
             built = await self._preview(built, report)
         if not built:
@@ -406,9 +410,11 @@ class SettlementEngine:
                     holder=self.lease.holder,
                     entries=[entry for entry, _ in built],
                 )
-        except (ClaimConflict, IntegrityError) as exc:
+        except (ClaimConflict, IntegrityError, DBAPIError) as exc:
+            if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError) and not _lost_race(exc):
+                raise
             # Another settler claimed some of these fees first; nothing was sent.
-            await self.wallet.reset_nonce()
+            await self.wallet.release_nonce(signed)
             reason = str(exc).splitlines()[0][:300]
             logger.warning("settlement batch not journaled (another settler claimed first): %s", reason)
             return True
@@ -445,3 +451,11 @@ class SettlementEngine:
         )
         self.metrics.debt.set(debt_total)
         self.metrics.debt_users.set(debt_users)
+
+
+# PostgreSQL's deadlock and serialization failures: a race with another settler, not a fault.
+_RACE_SQLSTATES = frozenset({"40P01", "40001"})
+
+
+def _lost_race(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in _RACE_SQLSTATES or "deadlock detected" in str(exc.orig)

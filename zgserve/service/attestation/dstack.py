@@ -70,6 +70,7 @@ class DstackTee(TeeBackend):
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
         self._info: dict[str, Any] | None = None
+        self._warned_empty = False
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -134,6 +135,13 @@ class DstackTee(TeeBackend):
             quote = bytes.fromhex(str(data["quote"]).removeprefix("0x"))
         except (KeyError, ValueError) as exc:
             raise AttestationError("dstack quote answer has no hex 'quote'") from exc
+        if not quote and not self._warned_empty:
+            self._warned_empty = True
+            logger.warning(
+                "the dstack agent at %s answered an empty quote (no TDX under it): reports are "
+                "labelled simulated and bind nothing",
+                self.socket_path,
+            )
         info = dict(await self.info())
         info.setdefault("tee", self.name)
         if "vm_config" in data:

@@ -1,8 +1,8 @@
 // The official SDK's own dstack checks (@0gfoundation/0g-compute-ts-sdk 0.9.0, unchanged):
 // Verifier.processDStackVerification (compose hash) and Verifier.extractTeeSignerAddress
-// (the signer read from report_data), run on reports saved by the Python test.
+// (the signer read from report_data), run on reports given as a JSON file.
 //
-// Usage: node dstack_checks.mjs REPORTS.json, where the file maps a name to a report.
+// Usage: node sdk_dstack_checks.mjs REPORTS.json, where the file maps a name to a report.
 // Prints one line: RESULT {name: {compose, composeDetails, signer, log}}.
 import { createRequire } from 'node:module';
 import { readFileSync } from 'node:fs';
