@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zgserve.common.errors import NotFound
-from zgserve.common.pricing import Pricing
+from zgserve.common.pricing import Pricing, Tier
+
+if TYPE_CHECKING:
+    from zgserve.broker.settings import BrokerSettings, ModelSettings
 
 WILDCARD = "*"
 
@@ -95,3 +98,41 @@ class Catalog:
             max(m.pricing.input_price for m in self.models),
             max(m.pricing.output_price for m in self.models),
         )
+
+
+def _model(entry: ModelSettings) -> CatalogModel:
+    tiers = tuple(
+        Tier(
+            t.max_input_tokens,
+            t.input_multiplier,
+            t.input_multiplier_denominator,
+            t.output_multiplier,
+            t.output_multiplier_denominator,
+        )
+        for t in sorted(entry.tiered_pricing, key=lambda t: t.max_input_tokens)
+    )
+    cache = entry.cache_token_billing.divisor if entry.cache_token_billing else None
+    return CatalogModel(
+        id=entry.id,
+        pricing=Pricing(entry.input_price, entry.output_price, tiers, cache),
+        upstream_model=entry.upstream_model,
+        aliases=tuple(entry.aliases),
+        target_url=entry.target_url,
+        max_output_tokens=entry.max_output_tokens,
+        service_type=entry.type,
+        context_length=entry.context_length,
+        canonical_id=entry.canonical_id,
+        model_info=dict(entry.model_info),
+    )
+
+
+def catalog_from_settings(settings: BrokerSettings) -> Catalog:
+    """The catalog of ``models``, or the single ``model`` at ``inputPrice``/``outputPrice``."""
+    if settings.models:
+        return Catalog([_model(m) for m in settings.models])
+    single = CatalogModel(
+        id=settings.model,
+        pricing=Pricing.flat(settings.input_price, settings.output_price),
+        service_type=settings.registration.service_type,
+    )
+    return Catalog([single])

@@ -230,6 +230,55 @@ def _resolve_keys(model: type[BaseModel], parts: list[str], env_name: str) -> li
     return keys
 
 
+class TierSettings(_Section):
+    """One pricing tier (the official ``tieredPricing`` entry)."""
+
+    max_input_tokens: int = Field(ge=0)
+    input_multiplier: int = Field(default=1, ge=0)
+    input_multiplier_denominator: int = Field(default=1, ge=1)
+    output_multiplier: int = Field(default=1, ge=0)
+    output_multiplier_denominator: int = Field(default=1, ge=1)
+
+
+class CacheBillingSettings(_Section):
+    divisor: int = Field(ge=1, description="cached prompt tokens cost inputPrice / divisor")
+
+
+class ModelSettings(_Section):
+    """One model of the catalog (``models[]``; the official ``service.modelPricing[]`` maps here)."""
+
+    id: str = Field(min_length=1, max_length=256)
+    input_price: int
+    output_price: int
+    aliases: list[str] = Field(default_factory=list)
+    upstream_model: str | None = None
+    target_url: str | None = Field(
+        default=None, description="its own verifiable service (default: targetUrl)"
+    )
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    type: str = "chatbot"
+    context_length: int | None = Field(default=None, gt=0)
+    canonical_id: str | None = None
+    tiered_pricing: list[TierSettings] = Field(default_factory=list)
+    cache_token_billing: CacheBillingSettings | None = None
+    model_info: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input_price", "output_price", mode="before")
+    @classmethod
+    def _check_prices(cls, value: Any) -> int:
+        return _neuron(value)
+
+    @field_validator("target_url")
+    @classmethod
+    def _check_target(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {value!r}")
+        value = value.rstrip("/")
+        return value if value.endswith("/v1") else value + "/v1"
+
+
 class BrokerSettings(BaseSettings):
     """Everything the broker needs; built once by :func:`load_settings`."""
 
@@ -244,6 +293,9 @@ class BrokerSettings(BaseSettings):
     model: str
     input_price: int = Field(description="neuron per input token")
     output_price: int = Field(description="neuron per output token")
+    models: list[ModelSettings] = Field(
+        default_factory=list, description="the catalog; empty: one model, `model` at inputPrice/outputPrice"
+    )
     private_keys: list[SecretStr] = Field(default_factory=list, description="[0] is the provider wallet")
     network: NetworkSettings = NetworkSettings()
     server: ServerSettings = ServerSettings()
