@@ -14,7 +14,9 @@ counted as such in usage: a model's segmentation need not be its tokenizer's),
 (split the SSE body into writes of this many bytes, so events straddle reads),
 ``die_after`` (close the connection after this many events, mid-stream), ``no_id``,
 ``no_usage`` (non-streamed answer without usage), ``json_for_stream`` (answer a
-stream request with plain JSON).
+stream request with plain JSON), ``as_asked`` (cut the words at ``max_tokens`` and answer
+with the request's ``model``, as a real backend does), ``cached_tokens`` (reported in
+``usage.prompt_tokens_details``, as vLLM and llama.cpp do for a reused prompt prefix).
 
 Server-wide: ``stream_usage`` (honour ``stream_options.include_usage``; False acts
 like llama.cpp), ``tokenize`` (serve the vLLM-style ``/tokenize``).
@@ -65,6 +67,27 @@ def _pieces(fake: dict[str, Any]) -> list[str]:
         words = fake["text"].split(" ")
         return [w if i == len(words) - 1 else w + " " for i, w in enumerate(words)]
     return [f"w{i} " for i in range(int(fake.get("chunks", 8)))]
+
+
+def _as_asked(fake: dict[str, Any], body: dict[str, Any], pieces: list[str]) -> list[str]:
+    limit = body.get("max_tokens")
+    return pieces[:limit] if fake.get("as_asked") and isinstance(limit, int) else pieces
+
+
+def _model(fake: dict[str, Any], body: dict[str, Any]) -> str:
+    asked = body.get("model")
+    return asked if fake.get("as_asked") and isinstance(asked, str) else MODEL
+
+
+def _usage(fake: dict[str, Any], prompt: int, completion: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if isinstance(fake.get("cached_tokens"), int):
+        usage["prompt_tokens_details"] = {"cached_tokens": fake["cached_tokens"]}
+    return usage
 
 
 def _generated(fake: dict[str, Any], pieces: list[str]) -> int:
@@ -150,13 +173,13 @@ class FakeOpenAIBackend:
         chat = request.path.endswith("/chat/completions")
         if body.get("stream") and not fake.get("json_for_stream"):
             return await self._stream(request, body, fake, chat)
-        pieces = _pieces(fake)
+        pieces = _as_asked(fake, body, _pieces(fake))
         text = "".join(pieces)
         answer: dict[str, Any] = {
             "id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
             "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()),
-            "model": MODEL,
+            "model": _model(fake, body),
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 if chat
@@ -167,7 +190,7 @@ class FakeOpenAIBackend:
             del answer["id"]
         if not fake.get("no_usage"):
             p, c = prompt_tokens(body), _generated(fake, pieces)
-            answer["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            answer["usage"] = _usage(fake, p, c)
         return web.Response(
             body=json.dumps(answer, ensure_ascii=False).encode(), content_type="application/json"
         )
@@ -177,7 +200,7 @@ class FakeOpenAIBackend:
     ) -> web.StreamResponse:
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
-        pieces = _pieces(fake)
+        pieces = _as_asked(fake, body, _pieces(fake))
         events: list[bytes] = []
 
         def chunk(choices: list[Any], **extra: Any) -> bytes:
@@ -185,7 +208,7 @@ class FakeOpenAIBackend:
                 "id": rid,
                 "object": "chat.completion.chunk" if chat else "text_completion",
             }
-            obj.update(created=created, model=MODEL, choices=choices, **extra)
+            obj.update(created=created, model=_model(fake, body), choices=choices, **extra)
             if fake.get("no_id"):
                 del obj["id"]
             return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
@@ -208,9 +231,7 @@ class FakeOpenAIBackend:
         options = body.get("stream_options") or {}
         if self.stream_usage and options.get("include_usage"):
             p, c = prompt_tokens(body), _generated(fake, pieces)
-            events.append(
-                chunk([], usage={"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
-            )
+            events.append(chunk([], usage=_usage(fake, p, c)))
         events.append(b"data: [DONE]\n\n")
 
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})

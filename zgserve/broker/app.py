@@ -28,6 +28,7 @@ from zgserve.broker import registration
 from zgserve.broker.accounts import AccountCache, AccountFetch
 from zgserve.broker.auth import Authenticator, TokenVerifier
 from zgserve.broker.billing import BalanceGuard
+from zgserve.broker.catalog import catalog_from_settings
 from zgserve.broker.core import BrokerCore, ServiceState, SettlementFactory, UnsettledReport
 from zgserve.broker.db import create_engine, migrate, repo
 from zgserve.broker.db.sink import sink_for
@@ -204,17 +205,13 @@ async def _start(
         auto_decompress=False,  # bytes go to the client exactly as the service signed them
     )
     stack.push_async_callback(http.close)
-    target = urlsplit(settings.target_url)
-    upstream = Http1Pool(
-        target.hostname or "127.0.0.1",
-        target.port or (443 if target.scheme == "https" else 80),
-        connect_timeout_s=up.connect_timeout,
-        read_timeout_s=up.read_timeout,
-        tls=target.scheme == "https",
-        max_idle=up.max_connections,
-        extra_headers={k: v.get_secret_value() for k, v in up.headers.items()} or None,
-    )
+    upstream = _pool(settings.target_url, settings)
     stack.push_async_callback(upstream.close)
+    model_upstreams: dict[str, Http1Pool] = {}
+    for entry in settings.models:
+        if entry.target_url and entry.target_url not in model_upstreams | {settings.target_url: upstream}:
+            model_upstreams[entry.target_url] = _pool(entry.target_url, settings)
+            stack.push_async_callback(model_upstreams[entry.target_url].close)
 
     provider_key = settings.provider_key()
     provider_address = Signer.from_hex(provider_key).address
@@ -232,6 +229,7 @@ async def _start(
         "settlement signer %s (%s)", signer.address, "hardware TEE" if tee.is_hardware else "SIMULATED"
     )
 
+    catalog = catalog_from_settings(settings)
     state = ServiceState(
         url=settings.serving_url,
         model=settings.model,
@@ -247,7 +245,11 @@ async def _start(
             or await registration.fetch_service_signer(http, settings.target_url)
         )
         params = registration.service_params(
-            settings, state, tee_signer=signer.address, target_tee_address=state.tee_address
+            settings,
+            state,
+            tee_signer=signer.address,
+            target_tee_address=state.tee_address,
+            catalog=catalog,
         )
         await registration.sync_service(
             inference, provider_address, params, stake=settings.registration.stake
@@ -294,6 +296,8 @@ async def _start(
         service=state,
         settlement_signer=signer,
         upstream=upstream,
+        catalog=catalog,
+        model_upstreams=model_upstreams,
         chain=chain,
         inference=inference,
         quote=quote,
@@ -309,6 +313,20 @@ async def _start(
         settings.target_url,
     )
     return core
+
+
+def _pool(url: str, settings: BrokerSettings) -> Http1Pool:
+    """Keep-alive connections for completions to the service at ``url``."""
+    target, up = urlsplit(url), settings.upstream
+    return Http1Pool(
+        target.hostname or "127.0.0.1",
+        target.port or (443 if target.scheme == "https" else 80),
+        connect_timeout_s=up.connect_timeout,
+        read_timeout_s=up.read_timeout,
+        tls=target.scheme == "https",
+        max_idle=up.max_connections,
+        extra_headers={k: v.get_secret_value() for k, v in up.headers.items()} or None,
+    )
 
 
 def _settlement_routes() -> list[Any]:

@@ -10,7 +10,7 @@ requests that name no model.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from zgserve.common.errors import NotFound
@@ -91,6 +91,12 @@ class Catalog:
         if model is None:
             raise ModelNotFound(f"this provider does not serve model {name[:128]!r}", param="model")
         return model
+
+    def with_pricing(self, model_id: str, pricing: Pricing) -> Catalog:
+        """A copy in which ``model_id`` has ``pricing`` (requests already admitted keep theirs)."""
+        if model_id not in {m.id for m in self.models}:
+            raise KeyError(model_id)
+        return Catalog([replace(m, pricing=pricing) if m.id == model_id else m for m in self.models])
 
     def onchain_prices(self) -> tuple[int, int]:
         """The prices registered on-chain: the highest of the catalog, as the official broker does."""

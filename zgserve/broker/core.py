@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from zgserve.broker.accounts import AccountCache
 from zgserve.broker.auth import Authenticator
 from zgserve.broker.billing import BalanceGuard, Prices
+from zgserve.broker.catalog import Catalog
 from zgserve.broker.db import repo
 from zgserve.broker.metrics import BrokerMetrics
 from zgserve.broker.records import RecordWriter
@@ -77,6 +78,9 @@ class BrokerCore:
     service: ServiceState
     settlement_signer: Signer
     upstream: Http1Pool  # keep-alive connections to the service for completions (the hot path)
+    catalog: Catalog  # the models sold, each with its prices; a request's ``model`` picks one
+    # Pools to the models that have a verifiable service of their own, by its OpenAI base URL.
+    model_upstreams: dict[str, Http1Pool] = field(default_factory=dict)
     chain: Any = None  # zgserve.chain client (None when running without a chain, e.g. unit tests)
     inference: Any = None  # InferenceServing wrapper
     quote: dict[str, Any] = field(default_factory=dict)

@@ -26,6 +26,7 @@ from zgserve.common.sse import SSEParser
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # of the prompt (``prompt_tokens_details.cached_tokens``), for cache billing
 
 
 def _usage(obj: Any) -> Usage | None:
@@ -37,7 +38,10 @@ def _usage(obj: Any) -> Usage | None:
     prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
     if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
         return None
-    return Usage(prompt, completion)
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    cached = cached if isinstance(cached, int) and not isinstance(cached, bool) and cached > 0 else 0
+    return Usage(prompt, completion, min(cached, prompt))
 
 
 def read_json_response(body: bytes) -> tuple[Usage | None, str | None]:

@@ -32,6 +32,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from zgserve.broker import official_config
 from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.common import money
 from zgserve.common.errors import ConfigError
@@ -429,7 +430,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> BrokerSet
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must be a mapping at the top level")
-        data.update(loaded or {})
+        # The official broker's layout is translated; its keys we lack are named in one warning.
+        data.update(official_config.adopt(loaded or {}, source=path))
     data.update(overrides)
     try:
         return BrokerSettings(**data)

@@ -2,6 +2,8 @@
 
 * ``ZG-Output-Limit`` (broker -> service): the most tokens one answer may have, the
   limit the broker reserved for; the service applies the smaller of it and its own.
+* ``ZG-Upstream-Model`` (broker -> service): the name the backend knows the requested
+  model by, when the provider's catalog names it differently; the service sends it upstream.
 * ``ZG-Prompt-Tokens`` (service -> broker): the request's prompt tokens, counted
   before the first byte of the answer, so that a stream the client cuts still pays
   its real prompt.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 OUTPUT_LIMIT = "zg-output-limit"
 PROMPT_TOKENS = "zg-prompt-tokens"
+UPSTREAM_MODEL = "zg-upstream-model"
 # Header values are parsed as plain ASCII digits of at most this many characters.
 MAX_DIGITS = 12
 

@@ -59,6 +59,13 @@ def effective_limit(limits: RequestLimits, header: bytes | str | None) -> int:
     return min(limits.max_output_tokens, requested)
 
 
+def _model_name(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text if 0 < len(text) <= 256 and text.isprintable() else None
+
+
 def prepare(
     kind: Kind,
     body: bytes,
@@ -66,6 +73,7 @@ def prepare(
     policy: ParamPolicy,
     limits: RequestLimits,
     output_limit: bytes | str | None = None,
+    upstream_model: bytes | str | None = None,
 ) -> Outbound:
     """Parse, check and cap ``body``; raises a BadRequest subclass naming what is wrong."""
     parsed = jsonsafe.loads_object(body, max_bytes=limits.max_request_bytes)
@@ -74,7 +82,10 @@ def prepare(
     payload = policy.check(kind, parsed)
     cap = output_cap(payload, effective_limit(limits, output_limit), max_choices=limits.max_choices)
     sent = with_cap(flatten_text_parts(payload), cap)
-    if limits.default_model and not isinstance(sent.get("model"), str):
+    renamed = _model_name(upstream_model)
+    if renamed is not None:
+        sent["model"] = renamed  # the catalog's name for the backend (from the broker, not a user)
+    elif limits.default_model and not isinstance(sent.get("model"), str):
         sent["model"] = limits.default_model
     stream = payload.get("stream") is True
     if stream:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from zgserve.common.errors import BadRequest, NotFound, PayloadTooLarge, ZgError, error_body
-from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, parse_count
+from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, UPSTREAM_MODEL, parse_count
 from zgserve.common.paths import RouteNotFound, canonical_path
 from zgserve.common.signing import SIGNING_ALGO, Signer
 from zgserve.service.attestation import AttestationError
@@ -39,6 +39,7 @@ _NONCE = re.compile(r"[0-9a-fA-F]{64}")
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key, ZG-Prompt-Tokens")
 _OUTPUT_LIMIT = OUTPUT_LIMIT.encode()
+_UPSTREAM_MODEL = UPSTREAM_MODEL.encode()
 _PROMPT_TOKENS = PROMPT_TOKENS.encode()
 
 
@@ -224,6 +225,7 @@ class CompletionEndpoint:
             policy=runtime.policy,
             limits=runtime.limits,
             output_limit=_header(scope, _OUTPUT_LIMIT),
+            upstream_model=_header(scope, _UPSTREAM_MODEL),
         )
         if request.stream:
             result = await runtime.proxy.open_stream(self.upstream_path, body, request)

@@ -19,6 +19,7 @@ import hmac
 import ipaddress
 import logging
 import re
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -198,6 +199,12 @@ async def post_service(request: Request) -> Response:
         )
     for key, value in new.items():
         setattr(svc, key, value)
+    if len(core.catalog) == 1:
+        # One model: its prices are the service's; billing follows at once. Requests already
+        # admitted keep the prices they were admitted with.
+        only = core.catalog.default
+        pricing = replace(only.pricing, input_price=svc.input_price, output_price=svc.output_price)
+        core.catalog = core.catalog.with_pricing(only.id, pricing)
     logger.warning(
         "service changed through the admin API; put the same values in the config file to keep them"
     )

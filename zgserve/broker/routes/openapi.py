@@ -117,6 +117,59 @@ def _param(name: str, where: str, schema: dict[str, Any], *, required: bool = Fa
 
 
 _ANY_OBJECT: dict[str, Any] = {"type": "object"}
+_NEURON: dict[str, Any] = {"type": "string", "pattern": r"^[0-9]+$", "description": "neuron per token"}
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+# The SDK's ``ProviderModelInfo`` (``types/inference/broker/read-only-model.d.ts``); more keys may come.
+_MODEL_INFO: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "owned_by", "type", "pricing"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"const": "model"},
+        "owned_by": {"type": "string", "pattern": _ADDRESS},
+        "canonical_id": {"type": "string"},
+        "type": {"type": "string"},
+        "context_length": _COUNT,
+        "max_completion_tokens": _COUNT,
+        "supported_parameters": {"type": "array", "items": {"type": "string"}},
+        "pricing": {
+            "type": "object",
+            "required": ["prompt", "completion"],
+            "properties": {
+                "prompt": _NEURON,
+                "completion": _NEURON,
+                "tiered_pricing": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["max_input_tokens", "input_multiplier", "output_multiplier"],
+                        "properties": {
+                            "max_input_tokens": _COUNT,
+                            "input_multiplier": _COUNT,
+                            "output_multiplier": _COUNT,
+                            "input_multiplier_denominator": {"type": "integer", "minimum": 1},
+                            "output_multiplier_denominator": {"type": "integer", "minimum": 1},
+                        },
+                    },
+                },
+                "cache_token_billing": {
+                    "type": "object",
+                    "required": ["divisor"],
+                    "properties": {"divisor": {"type": "integer", "minimum": 1}},
+                },
+            },
+        },
+        "verifiability": {"type": "string"},
+        "tee_attested": {"type": "boolean"},
+        "tee_verifier": {"type": "string"},
+        "tee_type": {"type": "string"},
+    },
+}
+_MODEL_LIST: dict[str, Any] = {
+    "type": "object",
+    "required": ["object", "data"],
+    "properties": {"object": {"const": "list"}, "data": {"type": "array", "items": _MODEL_INFO}},
+}
 _ADDRESS_PARAM = _param("address", "path", {"type": "string", "pattern": _ADDRESS})
 _PAGE = [
     _param("offset", "query", {"type": "integer", "minimum": 0, "maximum": 10**9}),
@@ -181,7 +234,7 @@ def _paths() -> dict[str, Any]:
             errors=(400, 404),
         ),
         "/v1/quote": _get("The broker's attestation (its settlement signer)", _ANY_OBJECT),
-        "/v1/models": _get("The model this broker sells, with its prices", _ANY_OBJECT),
+        "/v1/models": _get("The models this broker sells, with their prices (the SDK reads it)", _MODEL_LIST),
         "/v1/user/{address}/unsettledfee": _get(
             "The token owner's fees not yet settled",
             _ref(UnsettledFee),

@@ -32,7 +32,8 @@ import aiohttp
 
 from zgserve.broker import billing
 from zgserve.broker.auth import AuthResult, check_account
-from zgserve.broker.billing import Prices, Reservation
+from zgserve.broker.billing import Reservation
+from zgserve.broker.catalog import CatalogModel
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.db.models import FeeRecord, utcnow
 from zgserve.broker.errors import InsufficientBalance
@@ -43,6 +44,7 @@ from zgserve.common import jsonsafe
 from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError, error_body
 from zgserve.common.http1 import ConnectionBroken, Response, UpstreamTimeout
 from zgserve.common.output_cap import output_cap
+from zgserve.common.pricing import Pricing
 from zgserve.common.sse import DONE_EVENT, encode_event
 
 logger = logging.getLogger(__name__)
@@ -131,8 +133,6 @@ class ProxyApp:
         self._bytes_per_token = s.billing.input_bytes_per_token
         self._extra_headers = {k: v.get_secret_value() for k, v in s.upstream.headers.items()}
         self._prefix = urlsplit(s.target_url).path.rstrip("/")
-        # Told to the service with every charged request: the per-answer limit reserved for.
-        self._limit_header = {zg_headers.OUTPUT_LIMIT: str(self._cap)}
         self._in_flight = 0  # requests being served; 1 lets the record commit skip the writer thread
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -225,16 +225,22 @@ class ProxyApp:
         auth = await core.auth.authenticate(_headers(scope))
         body = await self._read_body(scope, receive)
         request = jsonsafe.loads_object(body, max_depth=_JSON_DEPTH)
-        cap = output_cap(request, self._cap, max_choices=self._max_choices)
+        # The catalog decides the model, its prices and its cap, before anything is reserved.
+        model = core.catalog.resolve(request.get("model"))
+        limit = model.max_output_tokens or self._cap
+        cap = output_cap(request, limit, max_choices=self._max_choices)
         # Nothing is generated that could not be recorded: refuse while the fee store is down.
         core.writer.ensure_available()
-        prices = core.service.prices
-        estimate = prices.fee(billing.input_estimate(body, self._bytes_per_token), cap.total)
+        pricing = model.pricing  # the prices this request is admitted, and billed, with
+        estimate = pricing.max_fee(billing.input_estimate(body, self._bytes_per_token), cap.total)
         reservation = await self._reserve(auth, estimate)
         try:
-            upstream = await self._post(resolved.target, body)
+            upstream = await self._post(model, limit, resolved.target, body)
             try:
-                ctx = _Charge(auth.token.user, resolved.rest, request, prices, reservation)
+                name = (
+                    str(request["model"]) if model.is_wildcard else model.id
+                )  # the name asked for, under "*"
+                ctx = _Charge(auth.token.user, resolved.rest, request, name, pricing, reservation)
                 ctx.prompt_tokens = zg_headers.parse_count(upstream.headers.get(zg_headers.PROMPT_TOKENS))
                 if upstream.status != 200:
                     # Nothing is charged for a failed call.
@@ -261,12 +267,18 @@ class ProxyApp:
             account = check_account(auth.token, cached.account)
             return await self.core.guard.reserve(auth.token.user, account, estimate)
 
-    async def _post(self, target: str, body: bytes) -> Response:
-        """POST a completion through the keep-alive pool (the hot path)."""
+    async def _post(self, model: CatalogModel, limit: int, target: str, body: bytes) -> Response:
+        """POST a completion through the model's keep-alive pool (the hot path)."""
+        pool, prefix = self.core.upstream, self._prefix
+        if model.target_url is not None:
+            pool = self.core.model_upstreams.get(model.target_url, pool)
+            prefix = urlsplit(model.target_url).path.rstrip("/")
+        # The service is told the per-answer limit reserved for, and the backend's model name.
+        headers = {zg_headers.OUTPUT_LIMIT: str(limit)}
+        if model.upstream_model is not None:
+            headers[zg_headers.UPSTREAM_MODEL] = model.upstream_model
         try:
-            return await self.core.upstream.request(
-                "POST", self._prefix + target, body, "application/json", self._limit_header
-            )
+            return await pool.request("POST", prefix + target, body, "application/json", headers)
         except UpstreamTimeout:
             self.core.metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None
@@ -295,7 +307,7 @@ class ProxyApp:
     async def _record(
         self, ctx: _Charge, usage: Usage, response_id: str | None, status: str, stream: bool
     ) -> None:
-        fee = ctx.prices.fee(usage.prompt_tokens, usage.completion_tokens)
+        fee = ctx.pricing.fee(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if fee > ctx.reservation.amount:
             # The cap keeps output within the reservation; only an input estimate below the real
             # prompt can get here. The user is never charged above what was admitted.
@@ -307,16 +319,19 @@ class ProxyApp:
             )
             self.core.metrics.upstream_errors.labels("over_reservation").inc()
             fee = ctx.reservation.amount
+        # The prices of the tier the request fell in: fee <= tokens x these (cached tokens are
+        # cheaper), which is what a user's audit of the receipts checks.
+        input_price, output_price = ctx.pricing.unit_prices(usage.prompt_tokens)
         record = FeeRecord(
             request_id=ctx.request_id,
             user=ctx.user,
-            model=str(ctx.request.get("model") or self.core.service.model)[:256],
+            model=ctx.model[:256],
             endpoint=ctx.endpoint,
             stream=stream,
             input_tokens=usage.prompt_tokens,
             output_tokens=usage.completion_tokens,
-            input_price=ctx.prices.input,
-            output_price=ctx.prices.output,
+            input_price=input_price,
+            output_price=output_price,
             fee=fee,
             response_id=response_id[:128] if response_id else None,
             status=status,
@@ -459,16 +474,32 @@ class ProxyApp:
 class _Charge:
     """Per-request facts carried from admission to the record."""
 
-    __slots__ = ("endpoint", "prices", "prompt_tokens", "request", "request_id", "reservation", "user")
+    __slots__ = (
+        "endpoint",
+        "model",
+        "pricing",
+        "prompt_tokens",
+        "request",
+        "request_id",
+        "reservation",
+        "user",
+    )
 
     def __init__(
-        self, user: str, endpoint: str, request: dict[str, Any], prices: Prices, reservation: Reservation
-    ):
+        self,
+        user: str,
+        endpoint: str,
+        request: dict[str, Any],
+        model: str,
+        pricing: Pricing,
+        reservation: Reservation,
+    ) -> None:
         self.request_id = uuid.uuid4().hex
         self.user = user
         self.endpoint = endpoint
         self.request = request
-        self.prices = prices
+        self.model = model
+        self.pricing = pricing
         self.reservation = reservation
         self.prompt_tokens: int | None = None  # the service's count, sent before the answer
 
