@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import aiohttp
 
+from zgserve.broker.catalog import Catalog, catalog_from_settings
 from zgserve.broker.core import ServiceState
 from zgserve.broker.settings import BrokerSettings
 from zgserve.chain.errors import ServiceNotExist
@@ -22,30 +23,87 @@ from zgserve.chain.inference import InferenceServing
 from zgserve.chain.types import Service, ServiceParams
 from zgserve.common.errors import UpstreamUnavailable
 from zgserve.common.money import fmt_og
+from zgserve.common.pricing import Pricing
 
 logger = logging.getLogger(__name__)
 
 SyncOutcome = Literal["registered", "updated", "unchanged"]
 
 
-def additional_info(settings: BrokerSettings, target_tee_address: str) -> str:
-    """The additionalInfo JSON: separated target with its TEE address, plus configured extras."""
+def _onchain_tiers(pricing: Pricing) -> dict[str, Any]:
+    """``tieredPricing`` as the SDK's ``parseTieredPricing`` reads it from additionalInfo."""
+    tiers = []
+    for t in pricing.tiers:
+        tier = {
+            "maxInputTokens": t.max_input_tokens,
+            "inputMultiplier": t.input_multiplier,
+            "outputMultiplier": t.output_multiplier,
+        }
+        # A missing denominator reads as 1 (SDK ``effectiveMultiplier``).
+        if t.input_denominator != 1:
+            tier["inputMultiplierDenominator"] = t.input_denominator
+        if t.output_denominator != 1:
+            tier["outputMultiplierDenominator"] = t.output_denominator
+        tiers.append(tier)
+    return {"tiers": tiers}
+
+
+def _is_multi_model(catalog: Catalog) -> bool:
+    return len(catalog) > 1 or catalog.default.is_wildcard
+
+
+def additional_info(settings: BrokerSettings, target_tee_address: str, catalog: Catalog | None = None) -> str:
+    """The additionalInfo JSON: separated target with its TEE address, the catalog, configured extras.
+
+    A multi-model provider says so (``MultiModel``, ``priceDenomination``: what the SDK's
+    ``parseMultiModelInfo`` reads) and nothing more: its per-model prices, tiers and cache
+    billing are in ``/v1/models``, where the SDK and CLI look for them. A single model's
+    tiers and cache billing go on-chain, where ``list-providers`` reads them.
+    """
+    catalog = catalog or catalog_from_settings(settings)
     info: dict[str, Any] = {"TargetSeparated": True, "TargetTeeAddress": target_tee_address}
+    if _is_multi_model(catalog):
+        info["MultiModel"] = True
+        info["priceDenomination"] = "NATIVE"  # prices are neuron, not a USD feed
+    else:
+        pricing = catalog.default.pricing
+        if pricing.tiers:
+            info["tieredPricing"] = _onchain_tiers(pricing)
+        if pricing.cache_divisor:
+            info["cacheTokenBilling"] = {"divisor": pricing.cache_divisor}
     info.update(settings.registration.additional_info)
     return json.dumps(info, separators=(",", ":"))
 
 
 def service_params(
-    settings: BrokerSettings, state: ServiceState, *, tee_signer: str, target_tee_address: str
+    settings: BrokerSettings,
+    state: ServiceState,
+    *,
+    tee_signer: str,
+    target_tee_address: str,
+    catalog: Catalog | None = None,
 ) -> ServiceParams:
+    """What ``addOrUpdateService`` registers.
+
+    A catalog configured with ``models`` registers its first selectable model as the
+    default (what a request without ``model`` means to the SDK) at the catalog's highest
+    prices, as the official broker does: the on-chain price bounds what any request
+    costs. A provider configured the old way registers ``state`` (the admin API may
+    have changed it).
+    """
+    catalog = catalog or catalog_from_settings(settings)
+    model, input_price, output_price = state.model, state.input_price, state.output_price
+    if settings.models:
+        model = next((m.id for m in catalog if not m.is_wildcard), catalog.default.id)
+        input_price, output_price = catalog.onchain_prices()
     return ServiceParams(
         service_type=state.service_type,
         url=state.url,
-        model=state.model,
+        model=model,
         verifiability=settings.registration.verifiability,
-        input_price=state.input_price,
-        output_price=state.output_price,
-        additional_info=additional_info(settings, target_tee_address),
+        input_price=input_price,
+        output_price=output_price,
+        additional_info=additional_info(settings, target_tee_address, catalog),
         tee_signer_address=tee_signer,
     )
 

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from zgserve.broker.auth import AuthResult
+from zgserve.broker.catalog import Catalog, CatalogModel
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.errors import AddressMismatch
+from zgserve.broker.model_list import ListingContext, model_list
 from zgserve.broker.routes.params import path_address
+from zgserve.chain.errors import ChainError
 from zgserve.common.money import to_wire
+from zgserve.common.pricing import Pricing
+
+logger = logging.getLogger(__name__)
+
+_ACK_TTL_S = 10.0  # how long an on-chain read of the TEE acknowledgement is reused
+_ACK_READ_S = 5.0  # a slow RPC must not hold /v1/models
 
 
 def _core(request: Request) -> BrokerCore:
@@ -37,15 +50,54 @@ async def quote(request: Request) -> Response:
 
 
 async def models(request: Request) -> Response:
+    """The catalog in the SDK's ``ProviderModelInfo`` shape (see ``zgserve.broker.model_list``)."""
     core = _core(request)
-    svc = core.service
-    entry = {
-        "id": svc.model,
-        "object": "model",
-        "owned_by": core.provider_address,
-        "pricing": {"inputPrice": to_wire(svc.input_price), "outputPrice": to_wire(svc.output_price)},
-    }
-    return JSONResponse({"object": "list", "data": [entry]})
+    settings = core.settings
+    catalog = core.catalog
+    if not settings.models:
+        # A provider configured the old way sells one model whose prices and name the
+        # admin API may have changed since start-up: list what is billed now.
+        svc = core.service
+        catalog = Catalog(
+            [
+                CatalogModel(
+                    id=svc.model,
+                    pricing=Pricing.flat(svc.input_price, svc.output_price),
+                    service_type=svc.service_type,
+                )
+            ]
+        )
+    verifier = settings.registration.additional_info.get("TEEVerifier")
+    ctx = ListingContext(
+        owner=core.provider_address,
+        default_max_output_tokens=settings.billing.max_output_tokens,
+        verifiability=settings.registration.verifiability,
+        tee_attested=await _tee_attested(request, core),
+        tee_verifier=verifier if isinstance(verifier, str) else None,
+    )
+    return JSONResponse(model_list(catalog, ctx))
+
+
+async def _tee_attested(request: Request, core: BrokerCore) -> bool:
+    """Whether the owner acknowledged the TEE signer on-chain, re-read at most every few seconds.
+
+    ``/v1/models`` is public and unauthenticated: a cache keeps it from turning each
+    call into an RPC read.
+    """
+    if core.inference is None:
+        return False
+    now = time.monotonic()
+    cached: tuple[float, bool] | None = getattr(request.app.state, "models_tee_attested", None)
+    if cached is not None and now - cached[0] < _ACK_TTL_S:
+        return cached[1]
+    try:
+        service = await asyncio.wait_for(core.inference.get_service(core.provider_address), _ACK_READ_S)
+        attested = bool(service.tee_signer_acknowledged)
+    except (ChainError, TimeoutError) as exc:
+        logger.warning("cannot read the on-chain service for /v1/models: %s", type(exc).__name__)
+        attested = cached[1] if cached is not None else False
+    request.app.state.models_tee_attested = (now, attested)
+    return attested
 
 
 async def unsettled_fee(request: Request) -> Response:

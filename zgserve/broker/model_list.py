@@ -1,0 +1,83 @@
+"""The catalog as ``GET /v1/models`` shows it: the SDK's ``ProviderModelInfo``, one object per model.
+
+The SDK (``getProviderModels``), its CLI (``inference get-models``) and routers read
+this from the on-chain ``service.url`` + ``/v1/models``. Prices are decimal strings of
+neuron per token (``pricing.prompt`` / ``pricing.completion``), as the official broker
+sends them; the CLI prints ``N/A`` when they are missing. The ``*`` wildcard entry is a
+billing catch-all, not a model a client can pick, so it is left out, as the official
+broker does (its price is still the catalog's and bounds the on-chain price).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from zgserve.broker.catalog import Catalog, CatalogModel
+from zgserve.common.parameters import SUPPORTED_CHAT_PARAMETERS
+from zgserve.common.pricing import pricing_json
+
+# modelInfo keys copied to the model object, by their snake_case wire name; the
+# official configuration spells them in camelCase, ours may use either.
+_INFO_KEYS = (
+    "name",
+    "description",
+    "architecture",
+    "default_parameters",
+    "supported_formats",
+    "tee_type",
+    "expiration_date",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ListingContext:
+    """What every model object shares: the provider and its TEE standing."""
+
+    owner: str  # the provider address
+    default_max_output_tokens: int  # ``billing.maxOutputTokens``, for models without their own cap
+    verifiability: str
+    tee_attested: bool  # the TEE signer is acknowledged on-chain
+    tee_verifier: str | None = None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _info(info: Mapping[str, Any], key: str) -> Any:
+    return info.get(key, info.get(_camel(key)))
+
+
+def model_object(model: CatalogModel, ctx: ListingContext) -> dict[str, Any]:
+    """One ``ProviderModelInfo``."""
+    info = model.model_info
+    obj: dict[str, Any] = {"id": model.id, "object": "model", "owned_by": ctx.owner}
+    if model.canonical_id:
+        obj["canonical_id"] = model.canonical_id
+    obj["type"] = model.service_type
+    context_length = model.context_length or _info(info, "context_length")
+    if isinstance(context_length, int) and context_length > 0:
+        obj["context_length"] = context_length
+    obj["max_completion_tokens"] = model.max_output_tokens or ctx.default_max_output_tokens
+    for key in _INFO_KEYS:
+        value = _info(info, key)
+        if value not in (None, "", [], {}):
+            obj[key] = value
+    configured = _info(info, "supported_parameters")
+    obj["supported_parameters"] = (
+        list(configured) if isinstance(configured, list) and configured else list(SUPPORTED_CHAT_PARAMETERS)
+    )
+    obj["pricing"] = pricing_json(model.pricing)
+    obj["verifiability"] = ctx.verifiability
+    obj["tee_attested"] = ctx.tee_attested
+    if ctx.tee_verifier:
+        obj["tee_verifier"] = ctx.tee_verifier
+    return obj
+
+
+def model_list(catalog: Catalog, ctx: ListingContext) -> dict[str, Any]:
+    """The ``/v1/models`` body: ``{"object": "list", "data": [...]}``, the catalog's order kept."""
+    return {"object": "list", "data": [model_object(m, ctx) for m in catalog if not m.is_wildcard]}
