@@ -13,6 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +37,7 @@ from zgserve.broker.errors import StorageUnavailable
 from zgserve.broker.metrics import BrokerMetrics, MetricsGate, MetricsMiddleware, serve_metrics
 from zgserve.broker.quote import build_quote
 from zgserve.broker.records import RecordWriter
+from zgserve.broker.reload import install_sighup
 from zgserve.broker.routes import admin, openapi, ops, user
 from zgserve.broker.routes.proxy import PREFIX, ProxyApp, send_error
 from zgserve.broker.settings import BrokerSettings
@@ -59,6 +61,7 @@ class BrokerDeps:
     settlement_factory: SettlementFactory | None = None
     register: bool | None = None  # overrides settings.registration.enabled
     target_tee_address: str | None = None
+    config_file: Path | None = None  # read again on SIGHUP: prices and models change without downtime
 
 
 def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
@@ -75,6 +78,8 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
                 await stack.enter_async_context(serve_metrics(metrics, *listen))
             app.state.core = core
             proxy.core = core
+            if deps.config_file is not None:
+                stack.callback(install_sighup(lambda: proxy.core, deps.config_file))
             yield
             logger.info("broker stopping")
 

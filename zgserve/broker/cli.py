@@ -79,7 +79,7 @@ def broker(
 ) -> None:
     import uvicorn
 
-    from zgserve.broker.app import create_app
+    from zgserve.broker.app import BrokerDeps, create_app
     from zgserve.broker.settings import load_settings
 
     try:
@@ -95,7 +95,7 @@ def broker(
             if handler not in root.handlers:
                 root.addHandler(handler)
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, BrokerDeps(config_file=config)),
         host=host or settings.server.host,
         port=port or settings.server.port,
         loop="uvloop",
