@@ -58,7 +58,7 @@ class ChatOutcome:
     chat_id: str
     prompt_tokens: int
     completion_tokens: int
-    fee: int  # prompt x inputPrice + completion x outputPrice, at the on-chain prices
+    fee: int  # prompt x inputPrice + completion x outputPrice, at the model's listed prices
     recorded_fee: int | None  # what the broker recorded for this response id
     seconds: float
     verification: Verification
@@ -206,18 +206,39 @@ class DemoUser:
             step.detail(f"signing address {attested}" + (" (SIMULATED TEE)" if simulated else ""))
         return attested
 
+    async def _catalog(self, http: aiohttp.ClientSession, service: Service) -> list[tuple[str, int, int]]:
+        """``(model, input price, output price)`` of every model the provider lists (``/v1/models``)."""
+        async with http.get(self.broker_url + "/v1/models") as resp:
+            listed = (await resp.json())["data"] if resp.status == 200 else []
+        models = [
+            (str(m["id"]), int(m["pricing"]["prompt"]), int(m["pricing"]["completion"]))
+            for m in listed
+            if isinstance(m, dict) and isinstance(m.get("pricing"), dict)
+        ]
+        if not models:
+            self._problem(f"GET /v1/models answered {resp.status} with no priced model")
+            models = [(service.model, service.input_price, service.output_price)]
+        return models
+
     async def _chats(self, service: Service, attested: str, http: aiohttp.ClientSession) -> None:
         recorder = self.recorder
         client = await self.user.async_openai(self.provider, recorder=recorder, max_retries=0)
         messages: list[Any] = [{"role": "user", "content": PROMPT}]
+        catalog = await self._catalog(http, service)
+        # The registered model streamed and not; every other model of the catalog once.
+        plan = [(service.model, True), (service.model, False)]
+        plan += [(model, False) for model, _, _ in catalog if model != service.model]
+        prices = {model: (input_price, output_price) for model, input_price, output_price in catalog}
         try:
-            for stream in (True, False):
-                kind = "streamed" if stream else "non-streamed"
+            for model, stream in plan:
+                kind = ("streamed" if stream else "non-streamed") + (
+                    "" if model == service.model else f" ({model})"
+                )
                 async with self.steps.step(f"Demo user sends a {kind} chat and verifies it") as step:
                     started = time.monotonic()
                     if stream:
                         chunks = await client.chat.completions.create(
-                            model=service.model,
+                            model=model,
                             messages=messages,
                             max_tokens=MAX_TOKENS,
                             stream=True,
@@ -227,9 +248,12 @@ class DemoUser:
                             pass
                     else:
                         await client.chat.completions.create(
-                            model=service.model, messages=messages, max_tokens=MAX_TOKENS
+                            model=model, messages=messages, max_tokens=MAX_TOKENS
                         )
-                    outcome = await self._check_chat(kind, recorder.last, service, attested, started, http)
+                    price = prices.get(model, (service.input_price, service.output_price))
+                    outcome = await self._check_chat(
+                        kind, recorder.last, service, price, attested, started, http
+                    )
                     step.detail(
                         f"{outcome.prompt_tokens}+{outcome.completion_tokens} tokens, "
                         + ("signature verified" if outcome.verification.verified else "NOT verified")
@@ -242,6 +266,7 @@ class DemoUser:
         kind: str,
         exchange: Exchange,
         service: Service,
+        price: tuple[int, int],
         attested: str,
         started: float,
         http: aiohttp.ClientSession,
@@ -262,7 +287,7 @@ class DemoUser:
             chat_id=chat_id,
             prompt_tokens=prompt,
             completion_tokens=completion,
-            fee=prompt * service.input_price + completion * service.output_price,
+            fee=prompt * price[0] + completion * price[1],
             recorded_fee=await self._recorded_fee(http, chat_id),
             seconds=time.monotonic() - started,
             verification=verification,

@@ -17,6 +17,9 @@ import yaml
 
 DEFAULT_INPUT_PRICE = 1_000_000_000  # neuron per prompt token
 DEFAULT_OUTPUT_PRICE = 2_000_000_000  # neuron per completion token
+# The catalog's second model: the same weights sold cheaper with shorter answers (a "mini" tier).
+MINI_SUFFIX = "-mini"
+MINI_MAX_OUTPUT_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,18 @@ def provider_config(p: LocalProvider) -> dict[str, Any]:
         "model": p.model,
         "inputPrice": p.input_price,
         "outputPrice": p.output_price,
+        # A catalog of two: the model itself, and a cheaper variant with a short output cap that
+        # the backend serves under the same name.
+        "models": [
+            {"id": p.model, "inputPrice": p.input_price, "outputPrice": p.output_price},
+            {
+                "id": p.model + MINI_SUFFIX,
+                "inputPrice": p.input_price // 2,
+                "outputPrice": p.output_price // 2,
+                "maxOutputTokens": MINI_MAX_OUTPUT_TOKENS,
+                "upstreamModel": p.model,
+            },
+        ],
         "privateKeys": [p.private_key],
         "network": {"deployment": str(p.deployment_file.resolve())},
         "server": {"host": p.host, "port": p.port},

@@ -78,3 +78,47 @@ async def test_sdk_journey(start_broker, devnet: Devnet, tmp_path: Path) -> None
         # The SDK read /unsettledfee with its own token and got what the broker recorded.
         assert result["unsettledFee"] == str(expected)
         assert {r.response_id for r in page.items} == {result["plain"]["chatID"], result["stream"]["chatID"]}  # type: ignore[index]
+
+
+async def test_sdk_journey_for_each_model_of_a_catalog(  # type: ignore[no-untyped-def]
+    start_broker, devnet: Devnet, tmp_path: Path
+) -> None:
+    models = [
+        {"id": "fake-model", "inputPrice": 3_000, "outputPrice": 5_000},
+        {"id": "fake-mini", "inputPrice": 1_000, "outputPrice": 2_000, "upstreamModel": "fake-model"},
+        {"id": "fake-tiered", "inputPrice": 4_000, "outputPrice": 4_000,
+         "tieredPricing": [{"maxInputTokens": 2, "inputMultiplier": 1, "outputMultiplier": 1},
+                           {"maxInputTokens": 0, "inputMultiplier": 3, "inputMultiplierDenominator": 2,
+                            "outputMultiplier": 2}]},
+    ]  # fmt: skip
+    async with start_broker(models=models) as broker:
+        user = await devnet.new_account()
+        dep = devnet.deployment
+        result = await run_node(
+            SCRIPT,
+            {
+                "RPC_URL": dep.rpc_url,
+                "LEDGER": dep.contracts.ledger,
+                "INFERENCE": dep.contracts.inference,
+                "USER_KEY": user.private_key,
+                "PROVIDER": broker.provider.address,
+                "OUT_DIR": str(tmp_path),
+                "MODELS": "fake-mini,fake-tiered",
+            },
+        )
+        calls = {"fake-model": result["plain"], **result["models"]}  # type: ignore[dict-item]
+        assert all(call["valid"] is True for call in calls.values()), calls
+        async with broker.core.db.connect() as conn:
+            page = await repo.list_requests(conn, user=user.address)
+        fee_by_id = {r.response_id: (r.model, r.fee) for r in page.items}
+        for name, call in calls.items():
+            usage = call["usage"]
+            pricing = broker.core.catalog.resolve(name).pricing
+            expected = pricing.fee(usage["prompt_tokens"], usage["completion_tokens"])
+            assert fee_by_id[call["chatID"]] == (name, expected), name
+        usage = calls["fake-tiered"]["usage"]
+        assert usage["prompt_tokens"] > 2  # billed in the second tier: 6000 and 8000 per token
+        assert (
+            fee_by_id[calls["fake-tiered"]["chatID"]][1]
+            == usage["prompt_tokens"] * 6_000 + usage["completion_tokens"] * 8_000
+        )

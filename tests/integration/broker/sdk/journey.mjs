@@ -48,9 +48,9 @@ async function main() {
   const { endpoint, model } = await broker.inference.getServiceMetadata(providerAddress);
   out.endpoint = endpoint;
 
-  const ask = async (stream) => {
+  const ask = async (stream, chosen = model) => {
     const headers = await broker.inference.getRequestHeaders(providerAddress);
-    const body = { model, messages: [{ role: 'user', content: 'What is 0G?' }], max_tokens: 16 };
+    const body = { model: chosen, messages: [{ role: 'user', content: 'What is 0G?' }], max_tokens: 16 };
     if (stream) Object.assign(body, { stream: true, stream_options: { include_usage: true } });
     const response = await fetch(`${endpoint}/chat/completions`, {
       method: 'POST',
@@ -68,6 +68,11 @@ async function main() {
 
   out.plain = await ask(false);
   out.stream = await ask(true);
+  // MODELS (comma-separated): one more plain chat with each other model of the provider's catalog.
+  out.models = {};
+  for (const other of (process.env.MODELS || '').split(',').filter(Boolean)) {
+    out.models[other] = await ask(false, other);
+  }
   out.unsettledFee = (await broker.inference.requestProcessor.fetchUnsettledFee(providerAddress)).toString();
   const verification = await broker.inference.verifyService(providerAddress, env('OUT_DIR'));
   out.signerMatch = verification.signerVerification.allMatch;
