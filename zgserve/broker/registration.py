@@ -23,29 +23,11 @@ from zgserve.chain.inference import InferenceServing
 from zgserve.chain.types import Service, ServiceParams
 from zgserve.common.errors import UpstreamUnavailable
 from zgserve.common.money import fmt_og
-from zgserve.common.pricing import Pricing
+from zgserve.common.pricing import tiers_json
 
 logger = logging.getLogger(__name__)
 
 SyncOutcome = Literal["registered", "updated", "unchanged"]
-
-
-def _onchain_tiers(pricing: Pricing) -> dict[str, Any]:
-    """``tieredPricing`` as the SDK's ``parseTieredPricing`` reads it from additionalInfo."""
-    tiers = []
-    for t in pricing.tiers:
-        tier = {
-            "maxInputTokens": t.max_input_tokens,
-            "inputMultiplier": t.input_multiplier,
-            "outputMultiplier": t.output_multiplier,
-        }
-        # A missing denominator reads as 1 (SDK ``effectiveMultiplier``).
-        if t.input_denominator != 1:
-            tier["inputMultiplierDenominator"] = t.input_denominator
-        if t.output_denominator != 1:
-            tier["outputMultiplierDenominator"] = t.output_denominator
-        tiers.append(tier)
-    return {"tiers": tiers}
 
 
 def _is_multi_model(catalog: Catalog) -> bool:
@@ -68,7 +50,7 @@ def additional_info(settings: BrokerSettings, target_tee_address: str, catalog: 
     else:
         pricing = catalog.default.pricing
         if pricing.tiers:
-            info["tieredPricing"] = _onchain_tiers(pricing)
+            info["tieredPricing"] = {"tiers": tiers_json(pricing, camel=True)}
         if pricing.cache_divisor:
             info["cacheTokenBilling"] = {"divisor": pricing.cache_divisor}
     info.update(settings.registration.additional_info)

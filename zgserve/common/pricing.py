@@ -173,19 +173,28 @@ def pricing_json(p: Pricing) -> dict[str, Any]:
     """
     out: dict[str, Any] = {"prompt": str(p.input_price), "completion": str(p.output_price)}
     if p.tiers:
-        tiers: list[dict[str, int]] = []
-        for t in p.tiers:
-            tier = {
-                "max_input_tokens": t.max_input_tokens,
-                "input_multiplier": t.input_multiplier,
-                "output_multiplier": t.output_multiplier,
-            }
-            if t.input_denominator != 1:
-                tier["input_multiplier_denominator"] = t.input_denominator
-            if t.output_denominator != 1:
-                tier["output_multiplier_denominator"] = t.output_denominator
-            tiers.append(tier)
-        out["tiered_pricing"] = tiers
+        out["tiered_pricing"] = tiers_json(p)
     if p.cache_divisor is not None:
         out["cache_token_billing"] = {"divisor": p.cache_divisor}
     return out
+
+
+_SNAKE = ("max_input_tokens", "input_multiplier", "output_multiplier", "input_multiplier_denominator",
+          "output_multiplier_denominator")  # fmt: skip
+_CAMEL = ("maxInputTokens", "inputMultiplier", "outputMultiplier", "inputMultiplierDenominator",
+          "outputMultiplierDenominator")  # fmt: skip
+
+
+def tiers_json(p: Pricing, *, camel: bool = False) -> list[dict[str, int]]:
+    """The tiers as the SDK reads them: snake_case in ``/v1/models``, camelCase in the on-chain
+    ``additionalInfo``; denominators only when not 1 (the SDK reads a missing one as 1)."""
+    bound, inp, outp, inp_den, outp_den = _CAMEL if camel else _SNAKE
+    tiers: list[dict[str, int]] = []
+    for t in p.tiers:
+        tier = {bound: t.max_input_tokens, inp: t.input_multiplier, outp: t.output_multiplier}
+        if t.input_denominator != 1:
+            tier[inp_den] = t.input_denominator
+        if t.output_denominator != 1:
+            tier[outp_den] = t.output_denominator
+        tiers.append(tier)
+    return tiers

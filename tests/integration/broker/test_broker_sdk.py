@@ -39,20 +39,23 @@ async def run_node(script: Path, env: dict[str, str], limit_s: float = 120) -> d
     return result
 
 
+def journey_env(devnet: Devnet, user_key: str, provider: str, out_dir: Path) -> dict[str, str]:
+    dep = devnet.deployment
+    return {
+        "RPC_URL": dep.rpc_url,
+        "LEDGER": dep.contracts.ledger,
+        "INFERENCE": dep.contracts.inference,
+        "USER_KEY": user_key,
+        "PROVIDER": provider,
+        "OUT_DIR": str(out_dir),
+    }
+
+
 async def test_sdk_journey(start_broker, devnet: Devnet, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     async with start_broker() as broker:
         user = await devnet.new_account()
-        dep = devnet.deployment
         result = await run_node(
-            SCRIPT,
-            {
-                "RPC_URL": dep.rpc_url,
-                "LEDGER": dep.contracts.ledger,
-                "INFERENCE": dep.contracts.inference,
-                "USER_KEY": user.private_key,
-                "PROVIDER": broker.provider.address,
-                "OUT_DIR": str(tmp_path),
-            },
+            SCRIPT, journey_env(devnet, user.private_key, broker.provider.address, tmp_path)
         )
         assert result["listed"] is True
         assert result["endpoint"] == broker.url + "/v1/proxy"
@@ -93,19 +96,8 @@ async def test_sdk_journey_for_each_model_of_a_catalog(  # type: ignore[no-untyp
     ]  # fmt: skip
     async with start_broker(models=models) as broker:
         user = await devnet.new_account()
-        dep = devnet.deployment
-        result = await run_node(
-            SCRIPT,
-            {
-                "RPC_URL": dep.rpc_url,
-                "LEDGER": dep.contracts.ledger,
-                "INFERENCE": dep.contracts.inference,
-                "USER_KEY": user.private_key,
-                "PROVIDER": broker.provider.address,
-                "OUT_DIR": str(tmp_path),
-                "MODELS": "fake-mini,fake-tiered",
-            },
-        )
+        env = journey_env(devnet, user.private_key, broker.provider.address, tmp_path)
+        result = await run_node(SCRIPT, env | {"MODELS": "fake-mini,fake-tiered"})
         calls = {"fake-model": result["plain"], **result["models"]}  # type: ignore[dict-item]
         assert all(call["valid"] is True for call in calls.values()), calls
         async with broker.core.db.connect() as conn:
