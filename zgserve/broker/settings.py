@@ -269,6 +269,14 @@ class ModelSettings(_Section):
     def _check_prices(cls, value: Any) -> int:
         return _neuron(value)
 
+    @field_validator("upstream_model")
+    @classmethod
+    def _check_upstream_model(cls, value: str | None) -> str | None:
+        # Sent to the service as a header value: printable text only, never a line break.
+        if value is not None and not (0 < len(value) <= 256 and value.isprintable()):
+            raise ValueError("must be 1-256 printable characters")
+        return value
+
     @field_validator("target_url")
     @classmethod
     def _check_target(cls, value: str | None) -> str | None:
