@@ -68,3 +68,14 @@ if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev
   fi
 fi
 command -v docker-compose >/dev/null 2>&1 && done_ "$(docker-compose version --short 2>/dev/null)" || true
+
+step "nginx (the load balancer of deploy/nginx.conf, run in front of broker replicas by a test)"
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null 2>&1 \
+      || echo "    (could not install nginx; the load-balancer test will be skipped)"
+  else
+    echo "    (nginx not found and cannot be installed here; the load-balancer test will be skipped)"
+  fi
+fi
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && done_ "nginx installed" || true

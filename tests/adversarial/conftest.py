@@ -397,6 +397,8 @@ async def start_stack(
             "admin": {"token": ADMIN_TOKEN},
             "settlement": {"enabled": True, "intervalSeconds": 3600},
             "billing": billing or {},
+            # The batches are bursts of few users: the official per-user limits would refuse them.
+            "limits": {"maxGlobalConcurrent": 0, "maxPerUserConcurrent": 0, "perUserRPM": 0},
         },
     }
     stack = Stack(name=name, workdir=workdir, spec=spec, provider=provider, tally=tally)

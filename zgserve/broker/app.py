@@ -32,8 +32,10 @@ from zgserve.broker.billing import BalanceGuard
 from zgserve.broker.catalog import catalog_from_settings
 from zgserve.broker.core import BrokerCore, ServiceState, SettlementFactory, UnsettledReport
 from zgserve.broker.db import create_engine, migrate, repo
+from zgserve.broker.db.notify import SettledListener
 from zgserve.broker.db.sink import sink_for
 from zgserve.broker.errors import StorageUnavailable
+from zgserve.broker.limits import Limiter, limiter_from_settings
 from zgserve.broker.metrics import BrokerMetrics, MetricsGate, MetricsMiddleware, serve_metrics
 from zgserve.broker.quote import build_quote
 from zgserve.broker.records import RecordWriter
@@ -123,10 +125,19 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
 
     async def dispatch(scope: Any, receive: Any, send: Any) -> None:
         # The proxy is the hot path: it bypasses routing and request objects.
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX + "/"):
-            await proxy(scope, receive, send)
-        else:
-            await starlette(scope, receive, send)
+        if scope["type"] == "http":
+            to_proxy = scope["path"].startswith(PREFIX + "/")
+            limits = proxy.core.limits if proxy.core is not None else None
+            if limits is not None and scope.get("client"):
+                try:
+                    await limits.check_ip(scope["client"][0], to_proxy)
+                except ZgError as exc:  # refused before any other work
+                    await send_error(send, exc, extra=getattr(exc, "headers", None))
+                    return
+            if to_proxy:
+                await proxy(scope, receive, send)
+                return
+        await starlette(scope, receive, send)
 
     admin_token = settings.admin.token.get_secret_value() if settings.admin.token else None
     gated = MetricsGate(
@@ -307,6 +318,15 @@ async def _start(
         inference=inference,
         quote=quote,
     )
+    core.limits = _limiter(settings, provider_address.lower())
+    if core.limits is not None:
+        await core.limits.start()
+        stack.push_async_callback(core.limits.close)
+    if engine.dialect.name == "postgresql":
+        # Replicas share the database: a settlement by any of them must reach this one's caches.
+        listener = SettledListener(settings.database.url, lambda users: core.on_settled(users))
+        await listener.start()
+        stack.push_async_callback(listener.stop)
     factory = deps.settlement_factory or _default_settlement(core)
     core.settlement = factory(core)
     await core.settlement.start()
@@ -318,6 +338,22 @@ async def _start(
         settings.target_url,
     )
     return core
+
+
+def _limiter(settings: BrokerSettings, provider: str) -> Limiter | None:
+    """The limiter, or None when nothing is limited (the hot path then checks nothing)."""
+    s = settings.limits
+    if not (
+        s.max_global_concurrent
+        or s.max_per_user_concurrent
+        or s.per_user_rpm
+        or s.per_user_tpm
+        or s.per_ip_proxy_rps
+        or s.per_ip_other_rps
+        or s.whitelist
+    ):
+        return None
+    return limiter_from_settings(s, provider)
 
 
 def _pool(url: str, settings: BrokerSettings) -> Http1Pool:

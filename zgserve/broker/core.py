@@ -23,6 +23,7 @@ from zgserve.broker.auth import Authenticator
 from zgserve.broker.billing import BalanceGuard, Prices
 from zgserve.broker.catalog import Catalog
 from zgserve.broker.db import repo
+from zgserve.broker.limits import Limiter
 from zgserve.broker.metrics import BrokerMetrics
 from zgserve.broker.records import RecordWriter
 from zgserve.broker.settings import BrokerSettings
@@ -85,6 +86,7 @@ class BrokerCore:
     inference: Any = None  # InferenceServing wrapper
     quote: dict[str, Any] = field(default_factory=dict)
     settlement: SettlementEngine | None = None
+    limits: Limiter | None = None  # None: no limit configured, nothing checked on the hot path
 
     def on_settled(self, users: Sequence[str] | None = None, *, amount: int | None = None) -> None:
         """Call after settling (or changing the debt of) ``users``: caches re-read chain and database.

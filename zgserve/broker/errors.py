@@ -10,6 +10,7 @@ from zgserve.common.errors import (
     BadRequest,
     Forbidden,
     PaymentRequired,
+    TooManyRequests,
     Unauthorized,
     UpstreamUnavailable,
     ZgError,
@@ -25,9 +26,11 @@ __all__ = [
     "InsufficientBalance",
     "InvalidJson",
     "JsonContentTypeRequired",
+    "LimitsUnavailable",
     "MalformedToken",
     "MissingToken",
     "OutstandingDebt",
+    "RateLimited",
     "RecordFailed",
     "StaleGeneration",
     "StorageUnavailable",
@@ -134,3 +137,19 @@ class RecordFailed(UpstreamUnavailable):
     """The fee could not be stored, so the answer is withheld rather than given away unrecorded."""
 
     code = "record_failed"
+
+
+class RateLimited(TooManyRequests):
+    """Over a rate or concurrency limit; ``headers`` go out with the 429 (``Retry-After`` ...)."""
+
+    def __init__(self, message: str, *, headers: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(message)
+        self.headers = headers
+
+
+class LimitsUnavailable(ZgError):
+    """The shared limits store cannot be reached: admission fails closed."""
+
+    status = 503
+    code = "limits_unavailable"
+    type = "server_error"

@@ -11,7 +11,7 @@ broker does (its price is still the catalog's and bounds the on-chain price).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from zgserve.broker.catalog import Catalog, CatalogModel
@@ -40,6 +40,9 @@ class ListingContext:
     verifiability: str
     tee_attested: bool  # the TEE signer is acknowledged on-chain
     tee_verifier: str | None = None
+    # Per-user limits as the official broker lists them (requests/tokens per minute); every
+    # model shares them. Left out when empty, as officially.
+    rate_limits: Mapping[str, int] = field(default_factory=dict)
 
 
 def _camel(name: str) -> str:
@@ -75,6 +78,8 @@ def model_object(model: CatalogModel, ctx: ListingContext) -> dict[str, Any]:
     obj["tee_attested"] = ctx.tee_attested
     if ctx.tee_verifier:
         obj["tee_verifier"] = ctx.tee_verifier
+    if ctx.rate_limits:
+        obj["rate_limits"] = dict(ctx.rate_limits)
     return obj
 
 

@@ -102,6 +102,7 @@ class _Translator:
         self._database()
         self._intervals()
         self._settlement()
+        self._limits()
         if "allowOrigins" in self.rest:
             self._sub("server")["allowOrigins"] = self.rest.pop("allowOrigins")
         if "contractAddress" in self.rest:
@@ -202,6 +203,30 @@ class _Translator:
             section.pop("minSettlementFee")
             self.ignored.append("settlement.minSettlementFee")
         self._sub("settlement").update(section)
+
+    def _limits(self) -> None:
+        limits = self._section("concurrencyLimit")
+        ours = self._sub("limits")
+        # Same names and meaning; our keys are camelCase like theirs, 0 turns a limit off.
+        for key in (
+            "maxGlobalConcurrent",
+            "maxPerUserConcurrent",
+            "perUserRPM",
+            "perUserBurst",
+            "perUserTPM",
+            "perUserTPMBurst",
+        ):
+            if key in limits:
+                ours[key] = limits.pop(key)
+        # Images per minute (no image service here) and per-address overrides are not implemented.
+        self._ignore_rest("concurrencyLimit", {k: v for k, v in limits.items() if v})
+        whitelist = self._section("whitelist")
+        addresses = whitelist.pop("userAddresses", None) or []
+        if whitelist.pop("enabled", False) and addresses:
+            ours["whitelist"] = list(addresses)
+        self._ignore_rest("whitelist", whitelist)
+        if not ours:
+            del self.out["limits"]
 
     def _service(self, service: dict[str, Any], tiers: list[dict[str, Any]] | None, cache: Any) -> None:
         svc = dict(service)

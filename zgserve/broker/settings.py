@@ -160,6 +160,42 @@ def split_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class LimitsSettings(_Section):
+    """Rate and concurrency limits (the official ``concurrencyLimit`` keys); 0 turns one off."""
+
+    max_global_concurrent: int = Field(default=20, ge=0, description="requests in flight in all")
+    max_per_user_concurrent: int = Field(default=5, ge=0, description="requests in flight per user")
+    per_user_rpm: int = Field(default=30, ge=0, alias="perUserRPM", description="requests per minute")
+    per_user_burst: int = Field(default=5, ge=0, description="requests at once before perUserRPM applies")
+    per_user_tpm: int = Field(default=0, ge=0, alias="perUserTPM", description="tokens per minute")
+    per_user_tpm_burst: int = Field(
+        default=0, ge=0, alias="perUserTPMBurst", description="0: a sixth of perUserTPM"
+    )
+    # Off by default: keyed on the socket peer, so behind a load balancer one limit would
+    # cover every user (there, limit per IP in the balancer). Suggested: 15 and 10.
+    per_ip_proxy_rps: float = Field(default=0, ge=0, description="requests/s per IP on /v1/proxy")
+    per_ip_other_rps: float = Field(default=0, ge=0, description="requests/s per IP on other routes")
+    idle_seconds: float = Field(
+        default=60.0, ge=0, description="a stream whose client reads nothing this long is cut (0: never)"
+    )
+    redis_url: str | None = Field(default=None, description="share the counters across replicas")
+    slot_ttl_seconds: float = Field(
+        default=30.0, gt=0, description="a dead replica's concurrency slots lapse after this"
+    )
+    whitelist: list[str] = Field(
+        default_factory=list, description="addresses served without limits or billing (monitoring)"
+    )
+
+    @field_validator("whitelist")
+    @classmethod
+    def _check_whitelist(cls, value: list[str]) -> list[str]:
+        for address in value:
+            text = address.removeprefix("0x")
+            if len(text) != 40 or not all(c in "0123456789abcdefABCDEF" for c in text):
+                raise ValueError(f"{address!r} is not an address")
+        return ["0x" + a.removeprefix("0x").lower() for a in value]
+
+
 class RegistrationSettings(_Section):
     enabled: bool = True
     service_type: Literal["chatbot", "text-to-image", "image-editing", "speech-to-text"] = "chatbot"
@@ -314,6 +350,7 @@ class BrokerSettings(BaseSettings):
     billing: BillingSettings = BillingSettings()
     admin: AdminSettings = AdminSettings()
     metrics: MetricsSettings = MetricsSettings()
+    limits: LimitsSettings = LimitsSettings()
     registration: RegistrationSettings = RegistrationSettings()
     tee: TeeSettings = TeeSettings()
     # The settlement engine's own options, validated by its model (zgserve.broker.settlement.config).

@@ -15,6 +15,10 @@ awaits the outcome. Call :meth:`Wallet.release_nonce` if a signed transaction is
 target, value and data) to replace it while it is stuck in the pool.
 Broadcast signed transactions promptly: a resync after a refused send reads the node's
 count, which does not know about nonces reserved but not yet broadcast.
+
+The local sequence assumes this process is the key's only sender. Processes that share a
+key must take turns (the broker's replicas: only the settlement lease holder sends) and call
+:meth:`Wallet.reset_nonce` when their turn starts, since the others have moved the count.
 """
 
 from __future__ import annotations

@@ -135,6 +135,8 @@ def start_broker(devnet: Devnet, deployment_file: Path, service_url: str, tmp_pa
             "auth": {"accountCacheSeconds": 0.5},
             # The settlement loop has its own suites; here fees stay unsettled unless a test settles.
             "settlement": {"enabled": False},
+            # The suites send bursts of one user: limits have their own tests (test_broker_limits).
+            "limits": {"maxGlobalConcurrent": 0, "maxPerUserConcurrent": 0, "perUserRPM": 0},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(values.get(key), dict):

@@ -124,11 +124,14 @@ async def test_models_route_lists_the_catalog(start_broker) -> None:  # type: ig
     }
 
 
-async def test_sdk_and_cli_read_the_catalog(start_broker, devnet: Devnet) -> None:  # type: ignore[no-untyped-def]
+async def test_sdk_and_cli_read_the_catalog(start_broker, private_devnet: Devnet) -> None:  # type: ignore[no-untyped-def]
+    # A devnet of the test's own: `list-providers` shows the first 50 providers only, and the
+    # session devnet holds more than that by the end of the suite.
+    devnet = private_devnet
     dep = devnet.deployment
     if dep.contracts.inference.lower() != SDK_INFERENCE_31337.lower():
         pytest.skip("the CLI finds contracts by chain id; this devnet is not at the SDK's addresses")
-    async with start_broker(models=[SMALL, LARGE, ANY]) as broker:
+    async with start_broker(models=[SMALL, LARGE, ANY], on=devnet) as broker:
         provider = broker.provider.address
         result = await run_node(SCRIPT, {"RPC_URL": dep.rpc_url, "PROVIDER": provider})
         get_models = await _cli("inference", "get-models", "--provider", provider, "--rpc", dep.rpc_url)

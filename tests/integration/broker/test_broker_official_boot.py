@@ -82,10 +82,13 @@ async def test_official_format_file_starts_the_broker_and_serves_a_chat(
     for key in (
         "database.dsn",
         "settlement.minSettlementFee",
-        "whitelist.enabled",
-        "concurrencyLimit.maxGlobalConcurrent",
     ):
         assert key in warning
+    # Honoured now: the official limits map onto ours, a disabled whitelist stays empty.
+    assert "concurrencyLimit" not in warning
+    assert "whitelist" not in warning
+    assert (settings.limits.max_global_concurrent, settings.limits.max_per_user_concurrent) == (20, 5)
+    assert settings.limits.whitelist == []
     assert settings.network.inference_address == deployment.contracts.inference
     assert settings.settlement.interval_seconds == 600
 

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "docker-compose.yml"
 CONFIG_MOUNT = "/etc/zgserve/config.yaml"
+NGINX_CONF = DEPLOY / "nginx.conf"
+BROKERS = ("broker-1", "broker-2", "broker-3")
 LLAMA_FLAGS = (
     'CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON '
     '-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"'
@@ -84,23 +86,39 @@ def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_compose_config_validates_and_has_the_stack(compose_cmd: list[str], tmp_path: Path) -> None:
     full = _config(compose_cmd, tmp_path, "monitoring")
     services = full["services"]
-    assert set(services) == {"postgres", "service", "broker", "prometheus", "grafana"}
-    # `up -d` without a profile starts these three; monitoring is opt-in.
+    assert set(services) == {"postgres", "service", *BROKERS, "lb", "prometheus", "grafana"}
+    # `up -d` without a profile starts these; monitoring is opt-in.
     default = {name for name, s in services.items() if not s.get("profiles")}
-    assert default == {"postgres", "service", "broker"}
+    assert default == {"postgres", "service", *BROKERS, "lb"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         assert service.get("restart") == "unless-stopped", name
 
-    broker, svc, pg = services["broker"], services["service"], services["postgres"]
-    assert broker["command"] == ["broker", "--config", CONFIG_MOUNT]
+    svc, pg = services["service"], services["postgres"]
     assert svc["command"] == ["service"]
-    config_mount = _mounts(broker)[CONFIG_MOUNT]
-    assert config_mount["read_only"]
-    assert Path(config_mount["source"]).name == "config.local.yaml"
-    assert broker["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert broker["depends_on"]["service"]["condition"] == "service_healthy"
-    assert any(str(p.get("target", p)).endswith("3080") for p in broker["ports"])
+    for name in BROKERS:
+        broker = services[name]
+        assert broker["command"] == ["broker", "--config", CONFIG_MOUNT]
+        config_mount = _mounts(broker)[CONFIG_MOUNT]
+        assert config_mount["read_only"]
+        assert Path(config_mount["source"]).name == "config.local.yaml"
+        assert _mounts(broker)["/var/lib/zgserve"]["source"] == "broker-state"  # one settlement key
+        assert broker["depends_on"]["postgres"]["condition"] == "service_healthy"
+        assert broker["depends_on"]["service"]["condition"] == "service_healthy"
+        assert "ports" not in broker  # reached through the load balancer only
+    # Every replica on the one database; only the first writes the registration on chain.
+    assert len({services[n]["environment"]["ZGSERVE_BROKER__DATABASE__URL"] for n in BROKERS}) == 1
+    registering = [
+        n for n in BROKERS if services[n]["environment"]["ZGSERVE_BROKER__REGISTRATION__ENABLED"] == "true"
+    ]
+    assert registering == ["broker-1"]
+    lb = services["lb"]
+    assert lb["image"].startswith("nginx:")
+    assert _mounts(lb)["/etc/nginx/nginx.conf"]["read_only"]
+    assert Path(_mounts(lb)["/etc/nginx/nginx.conf"]["source"]).resolve() == NGINX_CONF
+    assert set(lb["depends_on"]) == set(BROKERS)
+    assert all(lb["depends_on"][n]["condition"] == "service_healthy" for n in BROKERS)
+    assert any(str(p.get("target", p)).endswith("3080") for p in lb["ports"])
     assert "ports" not in pg  # the database and the service stay internal
     assert "ports" not in svc
 
@@ -109,7 +127,7 @@ def test_compose_config_validates_and_has_the_stack(compose_cmd: list[str], tmp_
     assert {"pgdata", "broker-state", "service-state", "prometheus-data", "grafana-data"} <= set(
         full["volumes"]
     )
-    for name in ("broker", "service"):
+    for name in (*BROKERS, "service"):
         assert services[name]["build"]["dockerfile"] == "deploy/Dockerfile"
         assert Path(services[name]["build"]["context"]).resolve() == ROOT
     assert services["prometheus"]["profiles"] == ["monitoring"]
@@ -133,7 +151,7 @@ def _interpolate_defaults(value: str) -> str:
 def test_broker_environment_overrides_are_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     from zgserve.broker.settings import load_settings
 
-    env = _raw_compose()["services"]["broker"]["environment"]
+    env = _raw_compose()["services"]["broker-2"]["environment"]
     for key, value in env.items():
         monkeypatch.setenv(key, _interpolate_defaults(str(value)))
     settings = load_settings(ROOT / "config.example.yaml")
@@ -141,6 +159,7 @@ def test_broker_environment_overrides_are_real_settings(monkeypatch: pytest.Monk
     assert settings.database.url.startswith("postgresql+asyncpg://zgserve:")
     assert "@postgres:5432/zgserve" in settings.database.url
     assert (settings.server.host, settings.server.port) == ("0.0.0.0", 3080)
+    assert settings.registration.enabled is False  # only broker-1 registers
 
 
 async def test_broker_target_in_compose_reaches_the_service(
@@ -154,13 +173,13 @@ async def test_broker_target_in_compose_reaches_the_service(
     from zgserve.service.settings import load_settings as load_service_settings
 
     services = _raw_compose()["services"]
-    for key, value in services["broker"]["environment"].items():
+    for key, value in services["broker-1"]["environment"].items():
         monkeypatch.setenv(key, _interpolate_defaults(str(value)))
     target = urlsplit(load_settings(ROOT / "config.example.yaml").target_url)
     service_env = services["service"]["environment"]
     assert target.hostname == "service"
     assert target.port == int(_interpolate_defaults(str(service_env["ZG_SERVICE_PORT"])))
-    assert "service" in services["broker"]["depends_on"]
+    assert "service" in services["broker-1"]["depends_on"]
 
     # What the broker will send there reaches the service's chat route (a real service, simulated TEE).
     async with FakeOpenAIBackend() as backend:
@@ -203,7 +222,21 @@ def test_prometheus_scrapes_the_broker() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     broker = jobs["zgserve-broker"]
     assert broker["metrics_path"] == "/metrics"
-    assert broker["static_configs"][0]["targets"] == ["broker:3080"]
+    assert broker["static_configs"][0]["targets"] == [f"{name}:3080" for name in BROKERS]
+
+
+def test_nginx_balances_every_replica_and_streams() -> None:
+    conf = NGINX_CONF.read_text()
+    upstream = re.search(r"upstream brokers \{(.*?)\}", conf, re.S)
+    assert upstream is not None
+    assert re.findall(r"^\s*server ([\w.-]+):3080\b", upstream.group(1), re.M) == list(BROKERS)
+    proxy = re.search(r"location /v1/proxy/ \{(.*?)\}", conf, re.S)
+    assert proxy is not None
+    assert "proxy_buffering off;" in proxy.group(1)
+    timeout = re.search(r"proxy_read_timeout (\d+)s;", proxy.group(1))
+    assert timeout is not None
+    assert int(timeout.group(1)) >= 600  # long generations are not cut
+    assert re.search(r"^\s*listen 3080;", conf, re.M)
 
 
 def _exported_metric_names() -> set[str]:

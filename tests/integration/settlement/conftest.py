@@ -9,7 +9,7 @@
 * ``env.user(amount)``: a fresh user with a sub-account of ``amount`` with the provider.
 * ``env.record(user, n, fee)``: ``n`` charged requests stored as the broker stores them.
 * ``env.engine(**settlement_keys)``: an in-process :class:`SettlementEngine` (``clock=``
-  gives it a clock of the test's own).
+  gives it a clock of the test's own, ``chain=`` a client of its own, ``lease=`` a lease).
 * ``env.settle_process(*args, crash_at=None)``: ``python -m zgserve.broker.settlement ...``
   as a real process.
 * ``env.spawn(*args)``: the same, in the background (e.g. ``run``, the settlement loop).
@@ -54,6 +54,7 @@ from zgserve.broker.settlement import journal
 from zgserve.broker.settlement.builder import SigningContext
 from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.broker.settlement.engine import CRASH_ENV, SettlementEngine
+from zgserve.broker.settlement.lease import Lease
 from zgserve.broker.settlement.models import BatchRow, EntryRow, TransactionRow
 from zgserve.broker.settlement.wiring import settlement_factory
 from zgserve.chain import ChainClient, TxPolicy
@@ -139,12 +140,21 @@ class SettlementEnv:
             await repo.insert_records(conn, records)
         return records
 
-    def engine(self, *, clock: Callable[[], float] = time.time, **settlement: Any) -> SettlementEngine:
+    def engine(
+        self,
+        *,
+        clock: Callable[[], float] = time.time,
+        chain: ChainClient | None = None,
+        lease: Lease | None = None,
+        **settlement: Any,
+    ) -> SettlementEngine:
+        """An engine on this env's client, or on ``chain`` (another replica's own nonce sequence)."""
         cfg = SettlementConfig.model_validate({"enabled": True, **TEST_SETTLEMENT, **settlement})
-        inference = self.inference
+        chain = chain or self.chain
+        inference = chain.inference(chain.wallet(self.provider.private_key))
         return SettlementEngine(
             db=self.db,
-            chain=self.chain,
+            chain=chain,
             inference=inference,
             signing=SigningContext(
                 chain_id=self.net.deployment.chain_id,
@@ -154,6 +164,7 @@ class SettlementEnv:
             ),
             config=cfg,
             clock=clock,
+            lease=lease,
         )
 
     @property

@@ -38,7 +38,7 @@ async def test_claims_keep_fees_single_even_with_the_lease_defeated(make_env: Ma
     async with make_env(db="postgres") as env:
         users = [await env.user(OG) for _ in range(6)]
         a, b = env.engine(), env.engine()
-        b.lease = Lease(env.db, "another-name", ttl=30)  # the lease no longer separates them
+        b.lease = b.closer.lease = Lease(env.db, "another-name", ttl=30)  # no longer separates them
 
         async def traffic() -> None:
             for _ in range(6):

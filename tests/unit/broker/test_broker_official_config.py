@@ -122,9 +122,6 @@ UNIMPLEMENTED = [
     "cacheTokenBilling.writeMultiplierNumerator",
     "cacheTokenBilling.writeMultiplierDenominator",
     "chatCacheExpiration",
-    "concurrencyLimit.maxGlobalConcurrent",
-    "concurrencyLimit.maxPerUserConcurrent",
-    "concurrencyLimit.perUserRPM",
     "event.listenAddr",
     "gasPrice",
     "logger.level",
@@ -135,8 +132,6 @@ UNIMPLEMENTED = [
     "priceFeed.sources",
     "priceFeed.updateInterval",
     "providerHttp.totalTimeout",
-    "whitelist.enabled",
-    "whitelist.userAddresses",
 ]
 
 
@@ -200,6 +195,13 @@ def test_official_file_loads_and_maps_key_by_key(official_file: Path) -> None:
     # No own tiers: the service-level tieredPricing applies.
     assert [t.max_input_tokens for t in deepseek.tiered_pricing] == [128000, 0]
     assert [t.output_multiplier for t in deepseek.tiered_pricing] == [1, 2]
+    # concurrencyLimit and whitelist map onto our limits section, key by key.
+    assert (s.limits.max_global_concurrent, s.limits.max_per_user_concurrent, s.limits.per_user_rpm) == (
+        20,
+        5,
+        30,
+    )
+    assert s.limits.whitelist == ["0x1111111111111111111111111111111111111111"]
 
 
 def test_one_warning_lists_exactly_the_unimplemented_keys(

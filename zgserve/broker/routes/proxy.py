@@ -36,7 +36,8 @@ from zgserve.broker.billing import Reservation
 from zgserve.broker.catalog import CatalogModel
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.db.models import FeeRecord, utcnow
-from zgserve.broker.errors import InsufficientBalance
+from zgserve.broker.errors import InsufficientBalance, RateLimited
+from zgserve.broker.limits import Admission
 from zgserve.broker.metering import StreamMeter, Usage, read_json_response
 from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
 from zgserve.common import headers as zg_headers
@@ -134,6 +135,7 @@ class ProxyApp:
         self._extra_headers = {k: v.get_secret_value() for k, v in s.upstream.headers.items()}
         self._prefix = urlsplit(s.target_url).path.rstrip("/")
         self._in_flight = 0  # requests being served; 1 lets the record commit skip the writer thread
+        self._idle = s.limits.idle_seconds or None  # a stream's client may read nothing this long
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         method = scope["method"]
@@ -150,7 +152,7 @@ class ProxyApp:
             self._count_rejection(exc)
             if exc.status >= 500:
                 logger.warning("%s %s: %s (%s)", method, PREFIX, exc.code, exc.message)
-            await send_error(send, exc)
+            await send_error(send, exc, extra=exc.headers if isinstance(exc, RateLimited) else None)
         except Exception:
             logger.exception("%s %s failed", method, PREFIX)
             with contextlib.suppress(Exception):  # the response may have started already
@@ -233,30 +235,55 @@ class ProxyApp:
         core.writer.ensure_available()
         pricing = model.pricing  # the prices this request is admitted, and billed, with
         estimate = pricing.max_fee(billing.input_estimate(body, self._bytes_per_token), cap.total)
-        reservation = await self._reserve(auth, estimate)
+        user = auth.token.user
+        limits = core.limits
+        # Limits before the reservation: a refused request never holds a user's balance.
+        admission = await limits.admit(user) if limits is not None else None
+        ctx: _Charge | None = None
         try:
-            upstream = await self._post(model, limit, resolved.target, body)
+            if admission is not None and admission.headers:
+                send = _adding_headers(send, admission.headers)
+            # Whitelisted (monitoring) traffic is served but never reserved, charged or recorded.
+            free = limits is not None and limits.whitelisted(user)
+            reservation = None if free else await self._reserve(auth, estimate)
             try:
-                name = (
-                    str(request["model"]) if model.is_wildcard else model.id
-                )  # the name asked for, under "*"
-                ctx = _Charge(auth.token.user, resolved.rest, request, name, pricing, reservation)
-                ctx.prompt_tokens = zg_headers.parse_count(upstream.headers.get(zg_headers.PROMPT_TOKENS))
-                if upstream.status != 200:
-                    # Nothing is charged for a failed call.
-                    core.metrics.upstream_errors.labels(f"status_{upstream.status}").inc()
-                    await self._relay_error(send, upstream)
-                elif upstream.content_type.startswith("text/event-stream"):
-                    await self._stream(receive, send, upstream, ctx)
-                else:
-                    await self._whole(send, upstream, ctx)
+                upstream = await self._post(model, limit, resolved.target, body)
+                try:
+                    name = (
+                        str(request["model"]) if model.is_wildcard else model.id
+                    )  # the name asked for, under "*"
+                    ctx = _Charge(user, resolved.rest, request, name, pricing, reservation)
+                    ctx.prompt_tokens = zg_headers.parse_count(upstream.headers.get(zg_headers.PROMPT_TOKENS))
+                    if upstream.status != 200:
+                        # Nothing is charged for a failed call.
+                        core.metrics.upstream_errors.labels(f"status_{upstream.status}").inc()
+                        await self._relay_error(send, upstream)
+                    elif upstream.content_type.startswith("text/event-stream"):
+                        await self._stream(receive, send, upstream, ctx)
+                    else:
+                        await self._whole(send, upstream, ctx)
+                finally:
+                    if upstream.at_eof:
+                        upstream.release()  # back to the pool
+                    else:
+                        upstream.close()  # abandoned mid-body: the service stops generating
             finally:
-                if upstream.at_eof:
-                    upstream.release()  # back to the pool
-                else:
-                    upstream.close()  # abandoned mid-body: the service stops generating
+                if reservation is not None:
+                    reservation.release()  # no-op once charged
         finally:
-            reservation.release()  # no-op once charged
+            if admission is not None:
+                await self._end_admission(admission, user, ctx.tokens if ctx is not None else 0)
+
+    async def _end_admission(self, admission: Admission, user: str, tokens: int) -> None:
+        """The slot back (always: errors, disconnects), then the answer's tokens counted."""
+        limits = self.core.limits
+        assert limits is not None
+        try:
+            await admission.release()
+            await limits.consume_tokens(user, tokens)
+        except ZgError as exc:
+            # The answer is out already; a slot not released lapses by its lease time.
+            logger.warning("limits not updated after a request: %s", exc.message)
 
     async def _reserve(self, auth: AuthResult, estimate: int) -> Reservation:
         try:
@@ -307,6 +334,10 @@ class ProxyApp:
     async def _record(
         self, ctx: _Charge, usage: Usage, response_id: str | None, status: str, stream: bool
     ) -> None:
+        ctx.tokens = usage.prompt_tokens + usage.completion_tokens
+        if ctx.reservation is None:
+            self.core.metrics.charged.labels("whitelisted").inc()
+            return
         fee = ctx.pricing.fee(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         if fee > ctx.reservation.amount:
             # The cap keeps output within the reservation; only an input estimate below the real
@@ -414,7 +445,13 @@ class ProxyApp:
                         return False
                 # Recorded and nothing more to come: the chunk and the terminator leave in one write.
                 ended = recorded and upstream.at_eof
-                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+                message = {"type": "http.response.body", "body": chunk, "more_body": not ended}
+                if not await self._send_within(send, message):
+                    # uvicorn waits for the client before writing: the chunk never left. What was
+                    # written before still reaches a client that reads again, and is billed.
+                    disconnected = True
+                    ended = False
+                    return False
                 delivered += content
                 return True
 
@@ -444,6 +481,20 @@ class ProxyApp:
                 await send({"type": "http.response.body", "body": b""})
         finally:
             watcher.cancel()
+
+    async def _send_within(self, send: Any, message: dict[str, Any]) -> bool:
+        """Send, unless the client reads nothing for ``limits.idleSeconds``; False: it stalled."""
+        if self._idle is None:
+            await send(message)
+            return True
+        try:
+            async with asyncio.timeout(self._idle):
+                await send(message)
+        except TimeoutError:
+            self.core.metrics.upstream_errors.labels("client_stalled").inc()
+            logger.info("stream cut: the client read nothing for %g s", self._idle)
+            return False
+        return True
 
     async def _finish(
         self, ctx: _Charge, meter: StreamMeter, delivered: int, response_id: str | None, *, disconnected: bool
@@ -482,6 +533,7 @@ class _Charge:
         "request",
         "request_id",
         "reservation",
+        "tokens",
         "user",
     )
 
@@ -492,7 +544,7 @@ class _Charge:
         request: dict[str, Any],
         model: str,
         pricing: Pricing,
-        reservation: Reservation,
+        reservation: Reservation | None,  # None: whitelisted, never charged
     ) -> None:
         self.request_id = uuid.uuid4().hex
         self.user = user
@@ -502,6 +554,18 @@ class _Charge:
         self.pricing = pricing
         self.reservation = reservation
         self.prompt_tokens: int | None = None  # the service's count, sent before the answer
+        self.tokens = 0  # prompt + completion as billed, for the tokens-per-minute limit
+
+
+def _adding_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
+    """``send`` with ``extra`` added to the response's headers (the rate-limit counts)."""
+
+    async def wrapped(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], *extra]}
+        await send(message)
+
+    return wrapped
 
 
 def _completion_lower_bound(body: bytes) -> int:

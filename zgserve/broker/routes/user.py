@@ -74,6 +74,7 @@ async def models(request: Request) -> Response:
         verifiability=settings.registration.verifiability,
         tee_attested=await _tee_attested(request, core),
         tee_verifier=verifier if isinstance(verifier, str) else None,
+        rate_limits=core.limits.model_limits() if core.limits is not None else {},
     )
     return JSONResponse(model_list(catalog, ctx))
 

@@ -18,6 +18,14 @@ One round (:meth:`SettlementEngine.run_round`), run only by the lease holder:
    **send**; await the **receipt**; **record** outcomes from the
    ``TEESettlementResult`` events.
 
+**Fencing.** Only the lease holder writes the journal and broadcasts: each such
+write runs the lease's fence (holder and epoch unchanged) in its own transaction,
+so a settler that was overtaken mid-round (paused past its expiry while another
+replica took over) gets :class:`LeaseLost`, sends nothing, and ends the round.
+Whenever this engine (re)takes the lease it drops the wallet's local nonce, so
+the next transaction uses the node's pending count: a replica sharing the
+provider key may have sent since.
+
 The loop (:meth:`start`) runs a round every ``intervalSeconds``; after a failed
 round it backs off exponentially up to ``backoffMaxSeconds``, and it never runs
 two rounds closer than ``minRoundGapSeconds``. :meth:`settle` is the manual
@@ -54,7 +62,7 @@ from zgserve.broker.settlement import journal, queries
 from zgserve.broker.settlement.builder import SigningContext, next_nonce, receipts_for, sign_entry
 from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.broker.settlement.journal import ClaimConflict, EntryOutcome, PreparedEntry
-from zgserve.broker.settlement.lease import Lease
+from zgserve.broker.settlement.lease import Lease, LeaseLost
 from zgserve.broker.settlement.metrics import SettlementMetrics
 from zgserve.broker.settlement.policy import (
     HARD_DEADLINES,
@@ -148,6 +156,7 @@ class SettlementEngine:
             chain=chain,
             inference=inference,
             wallet=self.wallet,
+            lease=self.lease,
             metrics=self.metrics,
             on_settled=on_settled,
             receipt_timeout=config.receipt_timeout_seconds,
@@ -161,6 +170,7 @@ class SettlementEngine:
         self._lock_time: int | None = None
         self._cooldown: dict[str, float] = {}  # user -> local time before which they are skipped
         self._debt_claims: dict[str, float] = {}  # user -> local time of the last debt claim
+        self._nonce_epoch: int | None = None  # the lease epoch the wallet's nonce was read under
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -231,19 +241,35 @@ class SettlementEngine:
         """One bounded round (module doc). Raises on chain or database failure."""
         async with self._round_lock:
             report = RoundReport()
-            held = await self.lease.acquire()
-            self.metrics.lease_held.set(1 if held else 0)
-            if not held:
+            if not await self._hold_lease():
                 report.leader = False
                 return report
-            report.reconciled, report.pending_batches = await self.closer.reconcile_all()
-            if report.pending_batches:
+            try:
+                report.reconciled, report.pending_batches = await self.closer.reconcile_all()
+                if report.pending_batches:
+                    return report
+                claimable = await self._claimable(users)
+                if claimable:
+                    await self._settle_claimable(claimable, force, report)
+            except LeaseLost as exc:
+                # Overtaken mid-round: what is journaled is the new holder's to send and record.
+                logger.warning("settlement round aborted, nothing more sent: %s", exc)
+                self.metrics.lease_held.set(0)
+                report.leader = False
                 return report
-            claimable = await self._claimable(users)
-            if claimable:
-                await self._settle_claimable(claimable, force, report)
             await self._refresh_gauges()
             return report
+
+    async def _hold_lease(self) -> bool:
+        """Take or renew the lease; on a new epoch, forget the wallet's local nonce."""
+        held = await self.lease.acquire()
+        self.metrics.lease_held.set(1 if held else 0)
+        if held and self.lease.epoch != self._nonce_epoch:
+            # Another replica with the same key may have sent while it held the lease: our local
+            # sequence would then sign a used nonce ("nonce too low"). Re-read the pending count.
+            await self.wallet.reset_nonce()
+            self._nonce_epoch = self.lease.epoch
+        return held
 
     async def _claimable(self, users: Sequence[str] | None) -> dict[str, ClaimableUser]:
         async with self.db.connect() as conn:
@@ -290,7 +316,7 @@ class SettlementEngine:
             if i == self.config.max_batches_per_round:
                 report.more = True
                 break
-            if i > 0 and not await self.lease.acquire():  # renewed per batch: rounds can be long
+            if i > 0 and not await self._hold_lease():  # renewed per batch: rounds can be long
                 report.more = True
                 break
             if (
@@ -398,7 +424,7 @@ class SettlementEngine:
             return True
         signed = await self.wallet.sign_transaction(self.inference.settle_call([data for _, data in built]))
         try:
-            async with self.db.begin() as conn:
+            async with self.lease.fenced() as conn:
                 batch_id, _ = await journal.journal_batch(
                     conn,
                     provider=self.wallet.address,
@@ -410,6 +436,11 @@ class SettlementEngine:
                     holder=self.lease.holder,
                     entries=[entry for entry, _ in built],
                 )
+        except LeaseLost:
+            # Not journaled, so never to be sent. Only forget the nonce locally: filling the gap
+            # (release_nonce) would send with the key, which is the new holder's alone now.
+            await self.wallet.reset_nonce()
+            raise
         except (ClaimConflict, IntegrityError, DBAPIError) as exc:
             if isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError) and not _lost_race(exc):
                 raise
@@ -419,8 +450,9 @@ class SettlementEngine:
             logger.warning("settlement batch not journaled (another settler claimed first): %s", reason)
             return True
         self._crash("before_send")
-        await self.chain.send_raw(signed.raw)  # a refusal fails the round; reconciling sends it again
-        async with self.db.begin() as conn:
+        async with self.lease.broadcasting() as conn:
+            # A refusal fails the round; reconciling sends it again.
+            await self.chain.send_raw(signed.raw)
             await journal.mark_sent(conn, batch_id, signed.tx_hash, at=self.clock())
         report.transactions.append(signed.tx_hash)
         self._crash("after_send")

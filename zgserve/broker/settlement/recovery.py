@@ -22,6 +22,11 @@ each open batch (journaled, outcome not recorded) the chain decides:
    wait for the receipt of any candidate. A broadcast the node refuses (an
    underpriced replacement, a nonce already used) is logged and left to the chain
    to decide in a later round.
+
+Every write here, and every broadcast, is fenced by the settlement lease
+(:meth:`Lease.fence` in the same transaction): a closer whose process lost the
+lease raises :class:`~zgserve.broker.settlement.lease.LeaseLost` and leaves the
+batch to the new holder.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ import time
 from collections.abc import Callable, Sequence
 
 from eth_utils.address import to_checksum_address
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from zgserve.broker.db.notify import publish
 from zgserve.broker.settlement import journal
 from zgserve.broker.settlement.journal import EntryOutcome, OpenBatch
+from zgserve.broker.settlement.lease import Lease
 from zgserve.broker.settlement.metrics import SettlementMetrics
 from zgserve.broker.settlement.models import BatchState, EntryStatus
 from zgserve.broker.settlement.replacement import ReplacementPolicy
@@ -61,6 +68,12 @@ _ALERT_STATUSES = {
 }
 
 
+async def _tell_replicas(conn: AsyncConnection, outcomes: Sequence[EntryOutcome] | None) -> None:
+    """Other broker processes drop these users' cached balances when ``conn`` commits."""
+    if outcomes:
+        await publish(conn, [o.user for o in outcomes])
+
+
 class BatchCloser:
     """Records outcomes of journaled batches (see the module doc)."""
 
@@ -71,6 +84,7 @@ class BatchCloser:
         chain: ChainClient,
         inference: InferenceServing,
         wallet: Wallet,
+        lease: Lease,
         metrics: SettlementMetrics,
         on_settled: OnSettled | None,
         receipt_timeout: float,
@@ -82,6 +96,7 @@ class BatchCloser:
         self.chain = chain
         self.inference = inference
         self.wallet = wallet
+        self.lease = lease
         self.metrics = metrics
         self.on_settled = on_settled
         self.receipt_timeout = receipt_timeout
@@ -93,7 +108,7 @@ class BatchCloser:
     async def record_receipt(self, batch_id: int, receipt: Receipt) -> list[EntryOutcome] | None:
         """Commit a mined batch's outcome; None if another process recorded it first."""
         if receipt.status != 1:
-            async with self.db.begin() as conn:
+            async with self.lease.fenced() as conn:
                 outcomes = await journal.release_batch(
                     conn,
                     batch_id,
@@ -101,13 +116,14 @@ class BatchCloser:
                     error=f"transaction {receipt.tx_hash} reverted",
                     tx_hash=receipt.tx_hash,
                 )
+                await _tell_replicas(conn, outcomes)
             if outcomes is not None:
                 logger.error("settlement transaction %s reverted; its fees stay unsettled", receipt.tx_hash)
                 self.metrics.transactions.labels(BatchState.REVERTED).inc()
                 self._count_gas(receipt)
         else:
             results = self.inference.settlement_results(receipt)
-            async with self.db.begin() as conn:
+            async with self.lease.fenced() as conn:
                 outcomes = await journal.record_outcome(
                     conn,
                     batch_id,
@@ -116,6 +132,7 @@ class BatchCloser:
                     results=results,
                     tx_hash=receipt.tx_hash,
                 )
+                await _tell_replicas(conn, outcomes)
             if outcomes is not None:
                 self.metrics.transactions.labels(BatchState.DONE).inc()
                 self._count_gas(receipt)
@@ -195,11 +212,11 @@ class BatchCloser:
     async def broadcast(self, batch_id: int, tx_hash: str, raw_tx: bytes) -> RpcError | None:
         """Broadcast a journaled candidate and note the attempt; the node's refusal, if any."""
         refused: RpcError | None = None
-        try:
-            await self.chain.send_raw(raw_tx)
-        except RpcError as exc:  # the chain decides later: a receipt, or the nonce moving on
-            refused = exc
-        async with self.db.begin() as conn:
+        async with self.lease.broadcasting() as conn:
+            try:
+                await self.chain.send_raw(raw_tx)
+            except RpcError as exc:  # the chain decides later: a receipt, or the nonce moving on
+                refused = exc
             await journal.mark_sent(conn, batch_id, tx_hash, at=self.clock(), accepted=refused is None)
         return refused
 
@@ -225,7 +242,7 @@ class BatchCloser:
                 )
             return None
         signed = self.wallet.reprice(previous.raw_tx, price)
-        async with self.db.begin() as conn:
+        async with self.lease.fenced() as conn:
             journaled = await journal.journal_replacement(
                 conn,
                 batch.id,
@@ -259,7 +276,7 @@ class BatchCloser:
         landed = [
             e.id for e, a in zip(batch.entries, accounts, strict=True) if a.exists and a.nonce >= e.nonce
         ]
-        async with self.db.begin() as conn:
+        async with self.lease.fenced() as conn:
             outcomes = await journal.release_batch(
                 conn,
                 batch.id,
@@ -267,6 +284,7 @@ class BatchCloser:
                 error=f"sender nonce {batch.tx_nonce} was used by another transaction",
                 landed_entry_ids=landed,
             )
+            await _tell_replicas(conn, outcomes)
         await self.wallet.reset_nonce()
         if outcomes is not None:
             logger.warning(

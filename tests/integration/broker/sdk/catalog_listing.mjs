@@ -21,7 +21,13 @@ async function main() {
   const provider = env('PROVIDER');
   const broker = await sdk.createZGComputeNetworkReadOnlyBroker(env('RPC_URL'));
   const catalog = await broker.inference.getProviderModels(provider);
-  const services = await broker.inference.listService(0, 50, true);
+  // listService pages by 50; the shared test devnet holds more providers than one page.
+  const services = [];
+  for (let offset = 0; ; offset += 50) {
+    const page = await broker.inference.listService(offset, 50, true);
+    services.push(...page);
+    if (page.length < 50) break;
+  }
   const service = services.find((s) => s.provider.toLowerCase() === provider.toLowerCase());
   const info = service.additionalInfo;
   const result = {

@@ -42,7 +42,13 @@ async function main() {
   const out = {};
 
   await broker.ledger.addLedger(5);
-  const services = await broker.inference.listService();
+  // listService pages by 50; the shared test devnet holds more providers than one page.
+  const services = [];
+  for (let offset = 0; ; offset += 50) {
+    const page = await broker.inference.listService(offset, 50);
+    services.push(...page);
+    if (page.length < 50) break;
+  }
   out.listed = services.some((s) => s.provider.toLowerCase() === providerAddress.toLowerCase());
 
   const { endpoint, model } = await broker.inference.getServiceMetadata(providerAddress);

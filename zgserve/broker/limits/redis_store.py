@@ -1,0 +1,145 @@
+"""Limit counters in Redis, shared by every replica.
+
+Each operation is one Lua script, so a check and its update are atomic across replicas,
+and the clock is Redis's own (``TIME``), so replicas' clocks need not agree. A slot is a
+member of a sorted set scored by its expiry: this replica renews the leases it holds every
+third of ``slot_ttl``; a replica that dies stops renewing, and its slots lapse within
+``slot_ttl`` seconds. Any Redis failure raises :class:`LimitsUnavailable` (admission fails
+closed: nobody is served past limits that cannot be checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from zgserve.broker.errors import LimitsUnavailable
+from zgserve.broker.limits.store import BucketState
+
+logger = logging.getLogger(__name__)
+
+_BUCKET = """
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local need, take = tonumber(ARGV[3]), tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local v = redis.call('HMGET', KEYS[1], 'tok', 'ts')
+local tok = tonumber(v[1]) or burst
+local ts = tonumber(v[2]) or now
+tok = math.min(burst, tok + (now - ts) * rate)
+local ok = 0
+if tok >= need then ok = 1; tok = tok - take end
+redis.call('HSET', KEYS[1], 'tok', tostring(tok), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tok) / rate * 1000) + 1000)
+return {ok, tostring(tok)}
+"""
+# KEYS: slot sets; ARGV: lease, ttl ms, then one limit per key. All or nothing.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  if redis.call('ZCARD', key) >= tonumber(ARGV[i + 2]) then return i end
+end
+local ttl = tonumber(ARGV[2])
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return 0
+"""
+# KEYS: slot sets; ARGV: ttl ms, then the lease held in each key (renewed only if still there).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + ttl, ARGV[i + 1])
+  redis.call('PEXPIRE', key, ttl)
+end
+return 0
+"""
+
+
+class RedisStore:
+    """The :class:`~zgserve.broker.limits.store.LimitStore` of several replicas."""
+
+    def __init__(self, url: str, *, slot_ttl: float, prefix: str) -> None:
+        # Short timeouts: a stalled Redis must turn into a quick 503, not a hung request.
+        self._client: Any = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        self._ttl_ms = int(slot_ttl * 1000)
+        self._prefix = prefix
+        self._bucket = self._client.register_script(_BUCKET)
+        self._acquire = self._client.register_script(_ACQUIRE)
+        self._renew = self._client.register_script(_RENEW)
+        self._held: dict[str, list[str]] = {}  # lease -> its keys, renewed until released
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def bucket(self, key: str, rate: float, burst: float, need: float, take: float) -> BucketState:
+        need_arg = "-1e300" if need == float("-inf") else repr(need)
+        try:
+            ok, tokens = await self._bucket(
+                keys=[self._prefix + key], args=[repr(rate), repr(burst), need_arg, repr(take)]
+            )
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        return BucketState(bool(ok), float(tokens))
+
+    async def acquire(self, slots: list[tuple[str, int]], lease: str) -> str | None:
+        keys = [self._prefix + key for key, _ in slots]
+        try:
+            full = int(await self._acquire(keys=keys, args=[lease, self._ttl_ms, *(n for _, n in slots)]))
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        if full:
+            return slots[full - 1][0]
+        self._held[lease] = keys
+        return None
+
+    async def release(self, keys: list[str], lease: str) -> None:
+        held = self._held.pop(lease, None)
+        if not held:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in held:
+                    pipe.zrem(key, lease)
+                await pipe.execute()
+        except RedisError as exc:
+            # The slot lapses on its own within the lease time.
+            logger.warning("cannot release a concurrency slot (%s); it expires by itself", type(exc).__name__)
+
+    async def start(self) -> None:
+        self._renewer = asyncio.create_task(self._renew_loop(), name="limits-renew")
+
+    async def close(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        await self._client.aclose()
+
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl_ms / 3000)
+            keys: list[str] = []
+            leases: list[str] = []
+            for lease, held in list(self._held.items()):
+                keys += held
+                leases += [lease] * len(held)
+            if not keys:
+                continue
+            try:
+                await self._renew(keys=keys, args=[self._ttl_ms, *leases])
+            except RedisError as exc:
+                logger.warning("cannot renew concurrency slots: %s", type(exc).__name__)
+
+
+def _unavailable(exc: Exception) -> LimitsUnavailable:
+    logger.error("limits store unreachable: %s", type(exc).__name__)
+    return LimitsUnavailable("the broker's limits store is unavailable")
