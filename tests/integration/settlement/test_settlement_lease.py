@@ -55,12 +55,26 @@ async def test_claims_keep_fees_single_even_with_the_lease_defeated(make_env: Ma
         await env.check_exactly_once()
 
 
+async def _running(proc: asyncio.subprocess.Process) -> str:
+    """The output of a ``run`` process up to the line saying its loop runs."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    while not seen or "settlement loop running" not in seen[-1]:
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line, "".join(seen)
+        seen.append(line.decode(errors="replace"))
+    return "".join(seen)
+
+
 @pytest.mark.postgres
 async def test_two_settler_processes_on_postgres_settle_each_fee_once(make_env: MakeEnv) -> None:
     async with make_env(db="postgres") as env:
         users = [await env.user(OG) for _ in range(5)]
         procs = [await env.spawn("run", "-o", "maxAgeSeconds=1") for _ in range(2)]
+        started: list[str] = []
         try:
+            # SIGTERM before a process installed its handler would kill it (-15): wait for both.
+            started = [await _running(p) for p in procs]
             for _ in range(5):
                 for user in users:
                     await env.record(user, 1)
@@ -81,6 +95,7 @@ async def test_two_settler_processes_on_postgres_settle_each_fee_once(make_env: 
                 if proc.returncode is None:
                     proc.send_signal(signal.SIGTERM)
             outputs = [(await p.communicate())[0].decode(errors="replace") for p in procs]
+            outputs = [head + tail for head, tail in zip([*started, "", ""], outputs, strict=False)]
         assert [p.returncode for p in procs] == [0, 0], outputs
         await env.check_exactly_once()
         async with env.db.connect() as conn:
