@@ -73,6 +73,7 @@ step "nginx (the load balancer of deploy/nginx.conf, run in front of broker repl
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null 2>&1; } \
       || echo "    (could not install nginx; the load-balancer test will be skipped)"
   else
     echo "    (nginx not found and cannot be installed here; the load-balancer test will be skipped)"

@@ -43,6 +43,7 @@ from zgserve.broker.reload import install_sighup
 from zgserve.broker.routes import admin, openapi, ops, user
 from zgserve.broker.routes.proxy import PREFIX, ProxyApp, send_error
 from zgserve.broker.settings import BrokerSettings
+from zgserve.broker.shared_admission import SharedBalanceGuard
 from zgserve.chain.errors import AccountNotExists
 from zgserve.chain.types import Account
 from zgserve.common.errors import UpstreamUnavailable, ZgError, error_body
@@ -289,9 +290,23 @@ async def _start(
             logger.error("cannot read unsettled fees: %s", type(exc).__name__)
             raise StorageUnavailable("the broker's database cannot be read") from None
 
-    guard = BalanceGuard(
-        load_owed, refresh=settings.auth.account_cache_seconds, min_locked=settings.billing.min_locked_balance
-    )
+    guard: BalanceGuard | SharedBalanceGuard
+    if settings.billing.shared_admission and engine.dialect.name == "postgresql":
+        guard = SharedBalanceGuard(
+            engine,
+            fetch,
+            ttl=settings.billing.reservation_ttl_seconds,
+            snapshot_ttl=settings.auth.account_cache_seconds,
+            min_locked=settings.billing.min_locked_balance,
+        )
+        await guard.start()
+        stack.push_async_callback(guard.stop)
+    else:
+        guard = BalanceGuard(
+            load_owed,
+            refresh=settings.auth.account_cache_seconds,
+            min_locked=settings.billing.min_locked_balance,
+        )
     sink = sink_for(engine, sqlite_synchronous=settings.database.sqlite_synchronous)
     writer = RecordWriter(sink, batch=settings.database.commit_batch, retry_s=settings.database.retry_seconds)
     await writer.start()

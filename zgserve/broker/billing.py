@@ -139,8 +139,12 @@ class BalanceGuard:
                     state.loaded_at = self._clock()
         return state
 
-    async def reserve(self, user: str, account: Account, amount: int) -> Reservation:
-        """Hold ``amount`` for ``user`` or raise :class:`InsufficientBalance` / :class:`OutstandingDebt`."""
+    async def reserve(self, user: str, account: Account, amount: int, *, fresh: bool = False) -> Reservation:
+        """Hold ``amount`` for ``user`` or raise :class:`InsufficientBalance` / :class:`OutstandingDebt`.
+
+        ``fresh``: ``account`` was just read from the chain (one process sees every settlement it
+        makes, so this guard needs nothing more; the shared guard uses it).
+        """
         state = await self._state(user)
         # From here to the increment there is no await: the check and the hold are one step.
         if state.debt > 0:

@@ -27,6 +27,7 @@ from zgserve.broker.limits import Limiter
 from zgserve.broker.metrics import BrokerMetrics
 from zgserve.broker.records import RecordWriter
 from zgserve.broker.settings import BrokerSettings
+from zgserve.broker.shared_admission import SharedBalanceGuard
 from zgserve.common.http1 import Http1Pool
 from zgserve.common.money import to_wire
 from zgserve.common.signing import Signer
@@ -73,7 +74,7 @@ class BrokerCore:
     http: aiohttp.ClientSession  # everything else sent to the service
     accounts: AccountCache
     auth: Authenticator
-    guard: BalanceGuard
+    guard: BalanceGuard | SharedBalanceGuard  # the shared one when replicas share PostgreSQL
     writer: RecordWriter
     metrics: BrokerMetrics
     service: ServiceState

@@ -112,6 +112,14 @@ class BillingSettings(_Section):
     min_locked_balance: int = Field(
         default=0, description="extra neuron a user must keep beyond the estimate"
     )
+    shared_admission: bool = Field(
+        default=True,
+        description="on PostgreSQL: admit against reservations shared by every replica (exact across"
+        " replicas; one database round trip per request). SQLite is one process and never needs it",
+    )
+    reservation_ttl_seconds: float = Field(
+        default=30.0, gt=1, description="a dead replica's holds lapse after this long"
+    )
 
     @field_validator("min_locked_balance", mode="before")
     @classmethod

@@ -43,10 +43,13 @@ def _settling_deps() -> BrokerDeps:
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(start_broker: StartBroker, tmp_path: Path) -> AsyncIterator[list[RunningBroker]]:
+async def two_replicas(
+    start_broker: StartBroker, tmp_path: Path, **overrides: Any
+) -> AsyncIterator[list[RunningBroker]]:
     """Two brokers of one provider (key, settlement key) on one throwaway PostgreSQL database."""
     async with throwaway_database() as url:
         shared = {"database": {"url": url}, "tee": {"keyFile": str(tmp_path / "tee.json")}, "auth": NO_EXPIRY}
+        shared |= overrides
         async with (
             start_broker(deps=_settling_deps(), **shared) as first,
             start_broker(

@@ -40,6 +40,7 @@ from zgserve.broker.errors import InsufficientBalance, RateLimited
 from zgserve.broker.limits import Admission
 from zgserve.broker.metering import StreamMeter, Usage, read_json_response
 from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
+from zgserve.broker.shared_admission import SharedReservation
 from zgserve.common import headers as zg_headers
 from zgserve.common import jsonsafe
 from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError, error_body
@@ -285,14 +286,14 @@ class ProxyApp:
             # The answer is out already; a slot not released lapses by its lease time.
             logger.warning("limits not updated after a request: %s", exc.message)
 
-    async def _reserve(self, auth: AuthResult, estimate: int) -> Reservation:
+    async def _reserve(self, auth: AuthResult, estimate: int) -> Reservation | SharedReservation:
         try:
             return await self.core.guard.reserve(auth.token.user, auth.account, estimate)
         except InsufficientBalance:
             # The cached balance may predate a top-up: read the chain once more before refusing.
             cached = await self.core.accounts.get(auth.token.user, fresh=True)
             account = check_account(auth.token, cached.account)
-            return await self.core.guard.reserve(auth.token.user, account, estimate)
+            return await self.core.guard.reserve(auth.token.user, account, estimate, fresh=True)
 
     async def _post(self, model: CatalogModel, limit: int, target: str, body: bytes) -> Response:
         """POST a completion through the model's keep-alive pool (the hot path)."""
@@ -544,7 +545,7 @@ class _Charge:
         request: dict[str, Any],
         model: str,
         pricing: Pricing,
-        reservation: Reservation | None,  # None: whitelisted, never charged
+        reservation: Reservation | SharedReservation | None,  # None: whitelisted, never charged
     ) -> None:
         self.request_id = uuid.uuid4().hex
         self.user = user

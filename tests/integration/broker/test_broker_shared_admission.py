@@ -1,0 +1,87 @@
+"""Exact admission across replicas: what a user's account covers is never exceeded, however many
+brokers serve them, across a settlement by either replica, and a dead replica's holds lapse."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
+from tests.integration.broker.test_broker_replicas import two_replicas
+from zgserve.broker.db import repo
+from zgserve.broker.shared_admission import SharedBalanceGuard
+from zgserve.common.money import OG
+
+pytestmark = pytest.mark.postgres
+
+# One request reserves and costs just under 0.1 0G at these prices: 1 0G covers about 10.
+PRICES = {"inputPrice": 1, "outputPrice": 12 * 10**15}
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+
+
+async def ask(s: aiohttp.ClientSession, url: str, auth: str, stream: bool) -> int:
+    async with s.post(
+        url + "/v1/proxy/chat/completions", json=BODY | {"stream": stream}, headers={"Authorization": auth}
+    ) as r:
+        await r.read()
+        return r.status
+
+
+async def recorded(broker: Any, user: str) -> tuple[int, int]:
+    async with broker.core.db.connect() as conn:
+        page = await repo.list_requests(conn, user=user, limit=1000)
+    return page.total, page.fee
+
+
+@pytest.mark.parametrize("trial", range(3))
+async def test_a_burst_over_two_replicas_never_overdraws(
+    start_broker: StartBroker, funded_user: FundedUser, tmp_path: Path, trial: int
+) -> None:
+    async with two_replicas(start_broker, tmp_path, **PRICES) as (a, b):
+        assert isinstance(a.core.guard, SharedBalanceGuard)
+        assert isinstance(b.core.guard, SharedBalanceGuard)
+        user = await funded_user(a.provider.address, amount=OG)
+        auth = make_token(user.private_key, a.provider.address)
+        connector = aiohttp.TCPConnector(limit=200)
+        async with aiohttp.ClientSession(connector=connector) as s:
+            first = [ask(s, (a.url, b.url)[i % 2], auth, i % 3 == 0) for i in range(40)]
+            # A settlement by A lands in the middle of the burst.
+            settle = s.post(a.url + "/v1/settle", json={})
+            results = await asyncio.gather(*first[:20], _settle(settle), *first[20:])
+            again = await asyncio.gather(*(ask(s, (a.url, b.url)[i % 2], auth, False) for i in range(40)))
+        statuses = [r for r in [*results, *again] if r != "settled"]
+        assert set(statuses) <= {200, 402}, statuses
+        total, fees = await recorded(a, user.address)
+        assert total == statuses.count(200)
+        assert fees <= OG  # never more served than the account covers, settled or not
+        assert statuses.count(200) >= 9  # and the account is used, not refused wholesale
+
+
+async def _settle(request: Any) -> str:
+    async with request as r:
+        assert r.status == 200, await r.text()
+    return "settled"
+
+
+async def test_a_dead_replicas_holds_lapse(
+    start_broker: StartBroker, funded_user: FundedUser, tmp_path: Path
+) -> None:
+    async with two_replicas(start_broker, tmp_path, **PRICES, billing={"reservationTtlSeconds": 2}) as (a, b):
+        user = await funded_user(a.provider.address, amount=OG)
+        guard = b.core.guard
+        assert isinstance(guard, SharedBalanceGuard)
+        account = (await b.core.accounts.get(user.address.lower())).account
+        assert account is not None
+        # B takes holds and "dies" (its renewal stops without releasing them).
+        holds = [await guard.reserve(user.address, account, OG // 4) for _ in range(3)]
+        assert len(holds) == 3
+        assert guard._task is not None
+        guard._task.cancel()
+        with pytest.raises(Exception, match="only"):
+            await a.core.guard.reserve(user.address, account, OG // 2)
+        await asyncio.sleep(2.5)  # past the reservation TTL
+        assert await a.core.guard.reserve(user.address, account, OG // 2)

@@ -1,0 +1,249 @@
+"""Exact admission across broker replicas on one PostgreSQL database.
+
+The in-process :class:`~zgserve.broker.billing.BalanceGuard` is exact within one
+process; replicas on one database need the same decision made on shared state:
+
+* every admission runs in one transaction under a per-user advisory lock, so two
+  replicas never decide on the same headroom at once;
+* requests in flight are rows of ``broker_reservations`` (the amount held, the
+  replica, an expiry); the replica renews its rows while their requests run, so a
+  replica that dies releases its holds within ``ttl`` seconds;
+* headroom = on-chain balance − pending refund − unsettled fees − debt check −
+  live reservations − ``minLocked``, with the unsettled fees and reservations read
+  inside the locked transaction;
+* the on-chain balance is a snapshot that this guard keeps per user together with
+  the newest settlement nonce recorded when it was read (read *before* the chain):
+  when any replica has settled the user since, the snapshot is read again before
+  admitting. Without this a replica would subtract the smaller unsettled total after
+  a settlement from a balance read before it, and admit the settled amount twice.
+
+A reservation becomes the recorded fee (the record is committed first, then the
+hold is dropped: for that instant the fee counts twice, never zero times) or is
+dropped when nothing was charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from zgserve.broker.errors import InsufficientBalance, OutstandingDebt, StorageUnavailable
+from zgserve.chain.types import Account
+from zgserve.common.money import fmt_og
+
+logger = logging.getLogger(__name__)
+
+AccountFetch = Callable[[str], Awaitable[Account | None]]
+# A settlement landing while a snapshot is read: read it again, a few times at most.
+ATTEMPTS = 3
+
+_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:u))")
+_STATE = text(
+    'SELECT (SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u),'
+    ' (SELECT coalesce(sum(fee), 0) FROM broker_requests WHERE "user" = :u AND NOT settled),'
+    " (SELECT coalesce(max(debt), 0) FROM broker_users WHERE address = :u),"
+    ' (SELECT coalesce(sum(amount), 0) FROM broker_reservations WHERE "user" = :u AND expires_at > :now)'
+)
+_MARKER = text('SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u')
+_HOLD = text(
+    'INSERT INTO broker_reservations ("user", amount, holder, expires_at)'
+    " VALUES (:u, :a, :h, :e) RETURNING id"
+)
+_DROP = text("DELETE FROM broker_reservations WHERE id = ANY(:ids)")
+_RENEW = text("UPDATE broker_reservations SET expires_at = :e WHERE holder = :h AND id = ANY(:ids)")
+_RELEASE_ALL = text("DELETE FROM broker_reservations WHERE holder = :h")
+
+
+@dataclass(slots=True)
+class _Snapshot:
+    account: Account
+    marker: int  # newest settlement nonce recorded for the user when the balance was read
+    read_at: float
+
+
+class SharedReservation:
+    """A hold in ``broker_reservations``; ``charge`` or ``release`` it exactly once."""
+
+    __slots__ = ("_done", "_guard", "amount", "id", "user")
+
+    def __init__(self, guard: SharedBalanceGuard, row_id: int, user: str, amount: int) -> None:
+        self._guard = guard
+        self.id = row_id
+        self.user = user
+        self.amount = amount
+        self._done = False
+
+    def charge(self, fee: int) -> None:
+        """The fee is recorded (committed before this call): the hold goes."""
+        self.release()
+
+    def release(self) -> None:
+        if not self._done:
+            self._done = True
+            self._guard._drop(self.id)
+
+
+class SharedBalanceGuard:
+    """Admission over shared reservations; the same interface as ``BalanceGuard``."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        fetch: AccountFetch,
+        *,
+        ttl: float = 30.0,
+        snapshot_ttl: float = 3.0,
+        min_locked: int = 0,
+    ) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ValueError("shared admission needs PostgreSQL")
+        self._engine = engine
+        self._fetch = fetch
+        self._ttl = ttl
+        self._snapshot_ttl = snapshot_ttl
+        self._min_locked = min_locked
+        self.holder = f"{uuid.uuid4().hex[:16]}"
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._live: set[int] = set()
+        self._dropping: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._renew_loop(), name="reservation-renewal")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._flushing is not None:
+            await self._flushing
+        await self._flush_drops()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(_RELEASE_ALL, {"h": self.holder})
+        except (SQLAlchemyError, OSError) as exc:
+            logger.warning("reservations of %s not released at shutdown (they expire): %s", self.holder, exc)
+
+    def _expiry(self) -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=self._ttl)
+
+    async def _snapshot(self, user: str, fresh: bool) -> _Snapshot:
+        snap = self._snapshots.get(user)
+        if snap is not None and not fresh and time.monotonic() - snap.read_at < self._snapshot_ttl:
+            return snap
+        # The marker first, then the chain: a settlement between the two makes the marker old,
+        # and the admission reads the snapshot again (never the other way round).
+        try:
+            async with self._engine.connect() as conn:
+                marker = int((await conn.execute(_MARKER, {"u": user})).scalar_one())
+        except (SQLAlchemyError, OSError) as exc:
+            logger.error("shared admission cannot read the database: %s", type(exc).__name__)
+            raise StorageUnavailable("the broker's database cannot be read") from None
+        account = await self._fetch(user)
+        if account is None:
+            raise InsufficientBalance("no sub-account with this provider")
+        snap = self._snapshots[user] = _Snapshot(account, marker, time.monotonic())
+        return snap
+
+    async def reserve(
+        self, user: str, account: Account, amount: int, *, fresh: bool = False
+    ) -> SharedReservation:
+        """Hold ``amount`` for ``user`` or raise InsufficientBalance / OutstandingDebt.
+
+        ``account`` (the caller's cached read) is not used for the balance: admission takes the
+        balance from this guard's own snapshot, read consistently with the settlement marker.
+        """
+        user = user.lower()
+        for attempt in range(ATTEMPTS):
+            snap = await self._snapshot(user, fresh or attempt > 0)
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(_LOCK, {"u": user})
+                    row = (await conn.execute(_STATE, {"u": user, "now": datetime.now(UTC)})).one()
+                    marker, unsettled, debt, reserved = (int(v) for v in row)
+                    if marker != snap.marker:
+                        continue  # settled since the balance was read: read it again
+                    if debt > 0:
+                        raise OutstandingDebt(f"unpaid fees of {fmt_og(debt)} from an earlier settlement")
+                    balance = snap.account.balance - snap.account.pending_refund
+                    headroom = balance - unsettled - reserved - self._min_locked
+                    if headroom < amount:
+                        raise InsufficientBalance(
+                            f"this request may cost up to {fmt_og(amount)}, only "
+                            f"{fmt_og(max(headroom, 0))} is available (balance minus pending refunds,"
+                            " unsettled fees and requests in flight on every replica)"
+                        )
+                    row_id = int(
+                        (
+                            await conn.execute(
+                                _HOLD, {"u": user, "a": amount, "h": self.holder, "e": self._expiry()}
+                            )
+                        ).scalar_one()
+                    )
+            except (SQLAlchemyError, OSError) as exc:
+                logger.error("shared admission failed: %s", type(exc).__name__)
+                raise StorageUnavailable("the broker's database cannot be read") from None
+            self._live.add(row_id)
+            return SharedReservation(self, row_id, user, amount)
+        raise StorageUnavailable("settlements keep landing for this user; try again", code="admission_busy")
+
+    async def unsettled(self, user: str) -> int:
+        try:
+            async with self._engine.connect() as conn:
+                row = (await conn.execute(_STATE, {"u": user.lower(), "now": datetime.now(UTC)})).one()
+        except (SQLAlchemyError, OSError):
+            raise StorageUnavailable("the broker's database cannot be read") from None
+        return int(row[1])
+
+    def invalidate(self, user: str | None = None) -> None:
+        """Forget balance snapshots (after a settlement); the next admission reads the chain."""
+        if user is None:
+            self._snapshots.clear()
+        else:
+            self._snapshots.pop(user.lower(), None)
+
+    def _drop(self, row_id: int) -> None:
+        self._live.discard(row_id)
+        self._dropping.add(row_id)
+        if self._flushing is None or self._flushing.done():
+            # Soon, batched: holds released within one event-loop turn go in one statement.
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_drops())
+
+    async def _flush_drops(self) -> None:
+        if not self._dropping:
+            return
+        ids, self._dropping = list(self._dropping), set()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(_DROP, {"ids": ids})
+        except (SQLAlchemyError, OSError) as exc:
+            # They expire on their own; until then they only make admission stricter.
+            logger.warning("could not drop %d reservations yet: %s", len(ids), type(exc).__name__)
+            self._dropping.update(ids)
+
+    async def _renew_loop(self) -> None:
+        interval = min(self._ttl / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            await self._flush_drops()
+            if not self._live:
+                continue
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(
+                        _RENEW, {"e": self._expiry(), "h": self.holder, "ids": list(self._live)}
+                    )
+            except (SQLAlchemyError, OSError) as exc:
+                logger.warning("reservations not renewed: %s", type(exc).__name__)
