@@ -3,8 +3,9 @@
 The in-process :class:`~zgserve.broker.billing.BalanceGuard` is exact within one
 process; replicas on one database need the same decision made on shared state:
 
-* every admission runs in one transaction under a per-user advisory lock, so two
-  replicas never decide on the same headroom at once;
+* every admission is one statement (``zg_admit``, created by the migration) that
+  takes a per-user advisory lock, checks and holds in one transaction, so two
+  replicas never decide on the same headroom at once, in one round trip;
 * requests in flight are rows of ``broker_reservations`` (the amount held, the
   replica, an expiry); the replica renews its rows while their requests run, so a
   replica that dies releases its holds within ``ttl`` seconds;
@@ -47,7 +48,7 @@ AccountFetch = Callable[[str], Awaitable[Account | None]]
 # A settlement landing while a snapshot is read: read it again, a few times at most.
 ATTEMPTS = 3
 
-_LOCK = text("SELECT pg_advisory_xact_lock(hashtext(:u))")
+_ADMIT = text("SELECT status, hold_id, owed FROM zg_admit(:u, :a, :h, :e, :v, :m)")
 _STATE = text(
     'SELECT (SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u),'
     ' (SELECT coalesce(sum(fee), 0) FROM broker_requests WHERE "user" = :u AND NOT settled),'
@@ -55,10 +56,6 @@ _STATE = text(
     ' (SELECT coalesce(sum(amount), 0) FROM broker_reservations WHERE "user" = :u AND expires_at > :now)'
 )
 _MARKER = text('SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u')
-_HOLD = text(
-    'INSERT INTO broker_reservations ("user", amount, holder, expires_at)'
-    " VALUES (:u, :a, :h, :e) RETURNING id"
-)
 _DROP = text("DELETE FROM broker_reservations WHERE id = ANY(:ids)")
 _RENEW = text("UPDATE broker_reservations SET expires_at = :e WHERE holder = :h AND id = ANY(:ids)")
 _RELEASE_ALL = text("DELETE FROM broker_reservations WHERE holder = :h")
@@ -168,35 +165,34 @@ class SharedBalanceGuard:
         user = user.lower()
         for attempt in range(ATTEMPTS):
             snap = await self._snapshot(user, fresh or attempt > 0)
+            available = snap.account.balance - snap.account.pending_refund - self._min_locked
+            args = {
+                "u": user,
+                "a": amount,
+                "h": self.holder,
+                "e": self._expiry(),
+                "v": available,
+                "m": snap.marker,
+            }
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(_LOCK, {"u": user})
-                    row = (await conn.execute(_STATE, {"u": user, "now": datetime.now(UTC)})).one()
-                    marker, unsettled, debt, reserved = (int(v) for v in row)
-                    if marker != snap.marker:
-                        continue  # settled since the balance was read: read it again
-                    if debt > 0:
-                        raise OutstandingDebt(f"unpaid fees of {fmt_og(debt)} from an earlier settlement")
-                    balance = snap.account.balance - snap.account.pending_refund
-                    headroom = balance - unsettled - reserved - self._min_locked
-                    if headroom < amount:
-                        raise InsufficientBalance(
-                            f"this request may cost up to {fmt_og(amount)}, only "
-                            f"{fmt_og(max(headroom, 0))} is available (balance minus pending refunds,"
-                            " unsettled fees and requests in flight on every replica)"
-                        )
-                    row_id = int(
-                        (
-                            await conn.execute(
-                                _HOLD, {"u": user, "a": amount, "h": self.holder, "e": self._expiry()}
-                            )
-                        ).scalar_one()
-                    )
+                async with self._engine.connect() as conn:
+                    auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    status, row_id, owed = (await auto.execute(_ADMIT, args)).one()
             except (SQLAlchemyError, OSError) as exc:
                 logger.error("shared admission failed: %s", type(exc).__name__)
                 raise StorageUnavailable("the broker's database cannot be read") from None
-            self._live.add(row_id)
-            return SharedReservation(self, row_id, user, amount)
+            if status == 1:
+                continue  # settled since the balance was read: read it again
+            if status == 2:
+                raise OutstandingDebt(f"unpaid fees of {fmt_og(int(owed))} from an earlier settlement")
+            if status == 3:
+                headroom = max(available - int(owed), 0)
+                raise InsufficientBalance(
+                    f"this request may cost up to {fmt_og(amount)}, only {fmt_og(headroom)} is available"
+                    " (balance minus pending refunds, unsettled fees and requests in flight on every replica)"
+                )
+            self._live.add(int(row_id))
+            return SharedReservation(self, int(row_id), user, amount)
         raise StorageUnavailable("settlements keep landing for this user; try again", code="admission_busy")
 
     async def unsettled(self, user: str) -> int:

@@ -42,14 +42,18 @@ async function main() {
   const out = {};
 
   await broker.ledger.addLedger(5);
-  // listService pages by 50; the shared test devnet holds more providers than one page.
+  // listService pages by 50 and drops unacknowledged services after paging (a short page is not
+  // the end); the shared test devnet holds more providers than one page: page over all of them,
+  // then apply the SDK's own rule (listed = acknowledged TEE signer).
   const services = [];
   for (let offset = 0; ; offset += 50) {
-    const page = await broker.inference.listService(offset, 50);
+    const page = await broker.inference.listService(offset, 50, true);
     services.push(...page);
     if (page.length < 50) break;
   }
-  out.listed = services.some((s) => s.provider.toLowerCase() === providerAddress.toLowerCase());
+  out.listed = services.some(
+    (s) => s.provider.toLowerCase() === providerAddress.toLowerCase() && s.teeSignerAcknowledged,
+  );
 
   const { endpoint, model } = await broker.inference.getServiceMetadata(providerAddress);
   out.endpoint = endpoint;
