@@ -20,11 +20,9 @@ request. Everything else uses the shared aiohttp session.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -35,26 +33,21 @@ from zgserve.broker.auth import AuthResult, check_account
 from zgserve.broker.billing import Reservation
 from zgserve.broker.catalog import CatalogModel
 from zgserve.broker.core import BrokerCore
-from zgserve.broker.db.models import FeeRecord, utcnow
 from zgserve.broker.errors import InsufficientBalance, RateLimited
 from zgserve.broker.limits import Admission
-from zgserve.broker.metering import StreamMeter, Usage, read_json_response
+from zgserve.broker.routes.relay import DROP_RESPONSE, AnswerRelay, Charge, adding_headers
 from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
 from zgserve.broker.shared_admission import SharedReservation
 from zgserve.common import headers as zg_headers
 from zgserve.common import jsonsafe
-from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError, error_body
+from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError
 from zgserve.common.http1 import ConnectionBroken, Response, UpstreamTimeout
 from zgserve.common.output_cap import output_cap
-from zgserve.common.pricing import Pricing
-from zgserve.common.sse import DONE_EVENT, encode_event
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["PREFIX", "ProxyApp", "send_error"]
 
-RES_KEY = b"zg-res-key"
-_EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key")
 _JSON_DEPTH = 64  # deep enough for tool schemas; the parser never sees more
 # Never forwarded upstream: hop-by-hop headers, the user's credentials, and what aiohttp sets itself.
 _DROP_REQUEST = frozenset(
@@ -76,35 +69,15 @@ _DROP_REQUEST = frozenset(
         "cookie",
     }
 )
-_DROP_RESPONSE = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "content-length",
-        "server",
-        "date",
-        "zg-res-key",
-        zg_headers.PROMPT_TOKENS,
-    }
-)
 
 
 def _headers(scope: dict[str, Any]) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
 
-def _pool_headers(upstream: Response) -> list[tuple[bytes, bytes]]:
-    return [
-        (k.encode("latin-1"), v.encode("latin-1"))
-        for k, v in upstream.headers.items()
-        if k not in _DROP_RESPONSE
-    ]
-
-
 def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
     return [
-        (k.lower(), v) for k, v in upstream.raw_headers if k.decode("latin-1").lower() not in _DROP_RESPONSE
+        (k.lower(), v) for k, v in upstream.raw_headers if k.decode("latin-1").lower() not in DROP_RESPONSE
     ]
 
 
@@ -122,7 +95,7 @@ class ClientGone(Exception):
     """The client disconnected before its request body was complete."""
 
 
-class ProxyApp:
+class ProxyApp(AnswerRelay):
     """The ASGI app serving everything under ``/v1/proxy``."""
 
     def __init__(self, core: BrokerCore) -> None:
@@ -240,10 +213,10 @@ class ProxyApp:
         limits = core.limits
         # Limits before the reservation: a refused request never holds a user's balance.
         admission = await limits.admit(user) if limits is not None else None
-        ctx: _Charge | None = None
+        ctx: Charge | None = None
         try:
             if admission is not None and admission.headers:
-                send = _adding_headers(send, admission.headers)
+                send = adding_headers(send, admission.headers)
             # Whitelisted (monitoring) traffic is served but never reserved, charged or recorded.
             free = limits is not None and limits.whitelisted(user)
             reservation = None if free else await self._reserve(auth, estimate)
@@ -253,7 +226,7 @@ class ProxyApp:
                     name = (
                         str(request["model"]) if model.is_wildcard else model.id
                     )  # the name asked for, under "*"
-                    ctx = _Charge(user, resolved.rest, request, name, pricing, reservation)
+                    ctx = Charge(user, resolved.rest, request, name, pricing, reservation)
                     ctx.prompt_tokens = zg_headers.parse_count(upstream.headers.get(zg_headers.PROMPT_TOKENS))
                     if upstream.status != 200:
                         # Nothing is charged for a failed call.
@@ -315,279 +288,3 @@ class ProxyApp:
         except (OSError, TimeoutError) as exc:
             self.core.metrics.upstream_errors.labels("connect").inc()
             raise UpstreamUnavailable(f"the service is unreachable ({type(exc).__name__})") from None
-
-    async def _relay_error(self, send: Any, upstream: Response) -> None:
-        """The service's error, relayed only as an OpenAI error JSON with a client-facing status."""
-        data = await self._read_all(upstream)
-        status = upstream.status
-        if status < 400 or status >= 600:
-            # A redirect or an unexpected success code is the service's fault, never the client's.
-            raise UpstreamError(f"the service answered {status}")
-        if not _is_error_json(data):
-            raise UpstreamError(f"the service answered {status} without an error body")
-        out = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(data)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": data})
-
-    async def _record(
-        self, ctx: _Charge, usage: Usage, response_id: str | None, status: str, stream: bool
-    ) -> None:
-        ctx.tokens = usage.prompt_tokens + usage.completion_tokens
-        if ctx.reservation is None:
-            self.core.metrics.charged.labels("whitelisted").inc()
-            return
-        fee = ctx.pricing.fee(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        if fee > ctx.reservation.amount:
-            # The cap keeps output within the reservation; only an input estimate below the real
-            # prompt can get here. The user is never charged above what was admitted.
-            logger.error(
-                "request %s cost %d neuron, over its reservation of %d: charged the reservation",
-                ctx.request_id,
-                fee,
-                ctx.reservation.amount,
-            )
-            self.core.metrics.upstream_errors.labels("over_reservation").inc()
-            fee = ctx.reservation.amount
-        # The prices of the tier the request fell in: fee <= tokens x these (cached tokens are
-        # cheaper), which is what a user's audit of the receipts checks.
-        input_price, output_price = ctx.pricing.unit_prices(usage.prompt_tokens)
-        record = FeeRecord(
-            request_id=ctx.request_id,
-            user=ctx.user,
-            model=ctx.model[:256],
-            endpoint=ctx.endpoint,
-            stream=stream,
-            input_tokens=usage.prompt_tokens,
-            output_tokens=usage.completion_tokens,
-            input_price=input_price,
-            output_price=output_price,
-            fee=fee,
-            response_id=response_id[:128] if response_id else None,
-            status=status,
-            created_at=utcnow(),
-        )
-        await self.core.writer.write(record, alone=self._in_flight == 1)
-        ctx.reservation.charge(fee)
-        self.core.metrics.fees.inc(fee)
-        self.core.metrics.unsettled.inc(fee)
-        self.core.metrics.charged.labels(status).inc()
-
-    async def _read_all(self, upstream: Response) -> bytes:
-        try:
-            return await upstream.read()
-        except (OSError, TimeoutError):
-            raise self._broken() from None
-
-    def _broken(self) -> UpstreamError:
-        self.core.metrics.upstream_errors.labels("broken").inc()
-        return UpstreamError("the service's answer broke off", code="upstream_broken")
-
-    async def _whole(self, send: Any, upstream: Response, ctx: _Charge) -> None:
-        data = await self._read_all(upstream)
-        usage, response_id = read_json_response(data)
-        response_id = upstream.headers.get("zg-res-key") or response_id
-        status = "complete"
-        if usage is None:
-            status = "estimated"
-            prompt = ctx.prompt_tokens
-            if prompt is None:
-                prompt = billing.prompt_tokens_lower_bound(ctx.request)
-            usage = Usage(prompt, _completion_lower_bound(data))
-        await self._record(ctx, usage, response_id, status, stream=False)
-        out = _pool_headers(upstream)
-        out.append((b"content-length", str(len(data)).encode()))
-        if response_id:
-            out += [(RES_KEY, response_id.encode("latin-1", "replace")), _EXPOSE]
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        await send({"type": "http.response.body", "body": data})
-
-    async def _stream(self, receive: Any, send: Any, upstream: Response, ctx: _Charge) -> None:
-        meter = StreamMeter()
-        held: list[bytes] = []
-        held_content = 0
-        response_id = upstream.headers.get("zg-res-key")
-        if not response_id:
-            # The id is in the first event: hold the bytes until it shows (the header goes first).
-            try:
-                while chunk := await upstream.readany():
-                    held.append(chunk)
-                    held_content += meter.feed(chunk)
-                    if meter.response_id or meter.done:
-                        break
-            except (OSError, TimeoutError):
-                raise self._broken() from None
-            response_id = meter.response_id
-        out = _pool_headers(upstream)
-        if response_id:
-            out += [(RES_KEY, response_id.encode("latin-1", "replace")), _EXPOSE]
-        await send({"type": "http.response.start", "status": 200, "headers": out})
-        watcher = asyncio.ensure_future(receive())
-        delivered = 0
-        recorded = False
-        disconnected = False
-        ended = False
-        try:
-
-            async def deliver(chunk: bytes, content: int) -> bool:
-                nonlocal recorded, delivered, disconnected, ended
-                if watcher.done():
-                    disconnected = True
-                    return False
-                if meter.done and not recorded and not meter.errored:
-                    # The final bytes: the record is committed before they leave.
-                    recorded = True
-                    try:
-                        await self._finish(ctx, meter, delivered + content, response_id, disconnected=False)
-                    except ZgError as exc:
-                        await send({"type": "http.response.body", "body": _sse_error(exc), "more_body": True})
-                        return False
-                # Recorded and nothing more to come: the chunk and the terminator leave in one write.
-                ended = recorded and upstream.at_eof
-                message = {"type": "http.response.body", "body": chunk, "more_body": not ended}
-                if not await self._send_within(send, message):
-                    # uvicorn waits for the client before writing: the chunk never left. What was
-                    # written before still reaches a client that reads again, and is billed.
-                    disconnected = True
-                    ended = False
-                    return False
-                delivered += content
-                return True
-
-            ok = True
-            if held:
-                ok = await deliver(b"".join(held), held_content)
-            if ok:
-                try:
-                    while chunk := await upstream.readany():
-                        if not await deliver(chunk, meter.feed(chunk)):
-                            break
-                except (OSError, TimeoutError):
-                    # The service vanished mid-stream: a failed call, not charged; say so in the stream.
-                    meter.errored = True
-                    if not watcher.done():
-                        await send({"type": "http.response.body", "body": _sse_error(self._broken())})
-                        return
-            if not recorded and (disconnected or not meter.errored):
-                recorded = True
-                try:
-                    await self._finish(ctx, meter, delivered, response_id, disconnected=disconnected)
-                except ZgError as exc:
-                    if not disconnected:
-                        await send({"type": "http.response.body", "body": _sse_error(exc)})
-                    return
-            if not disconnected and not ended:
-                await send({"type": "http.response.body", "body": b""})
-        finally:
-            watcher.cancel()
-
-    async def _send_within(self, send: Any, message: dict[str, Any]) -> bool:
-        """Send, unless the client reads nothing for ``limits.idleSeconds``; False: it stalled."""
-        if self._idle is None:
-            await send(message)
-            return True
-        try:
-            async with asyncio.timeout(self._idle):
-                await send(message)
-        except TimeoutError:
-            self.core.metrics.upstream_errors.labels("client_stalled").inc()
-            logger.info("stream cut: the client read nothing for %g s", self._idle)
-            return False
-        return True
-
-    async def _finish(
-        self, ctx: _Charge, meter: StreamMeter, delivered: int, response_id: str | None, *, disconnected: bool
-    ) -> None:
-        usage = meter.usage
-        if disconnected or usage is None:
-            # The prompt as the service counted it before the first byte; an estimate only if the
-            # service could not count it.
-            prompt = (
-                usage.prompt_tokens
-                if usage
-                else ctx.prompt_tokens
-                if ctx.prompt_tokens is not None
-                else billing.prompt_tokens_lower_bound(ctx.request)
-            )
-            completion = min(delivered, usage.completion_tokens) if usage else delivered
-            status = "disconnected" if disconnected else "estimated"
-            usage = Usage(prompt, completion)
-        else:
-            status = "complete"
-        if disconnected:
-            logger.info(
-                "stream cut by the client after %d content events; charging what was delivered", delivered
-            )
-        await self._record(ctx, usage, response_id, status, stream=True)
-
-
-class _Charge:
-    """Per-request facts carried from admission to the record."""
-
-    __slots__ = (
-        "endpoint",
-        "model",
-        "pricing",
-        "prompt_tokens",
-        "request",
-        "request_id",
-        "reservation",
-        "tokens",
-        "user",
-    )
-
-    def __init__(
-        self,
-        user: str,
-        endpoint: str,
-        request: dict[str, Any],
-        model: str,
-        pricing: Pricing,
-        reservation: Reservation | SharedReservation | None,  # None: whitelisted, never charged
-    ) -> None:
-        self.request_id = uuid.uuid4().hex
-        self.user = user
-        self.endpoint = endpoint
-        self.request = request
-        self.model = model
-        self.pricing = pricing
-        self.reservation = reservation
-        self.prompt_tokens: int | None = None  # the service's count, sent before the answer
-        self.tokens = 0  # prompt + completion as billed, for the tokens-per-minute limit
-
-
-def _adding_headers(send: Any, extra: list[tuple[bytes, bytes]]) -> Any:
-    """``send`` with ``extra`` added to the response's headers (the rate-limit counts)."""
-
-    async def wrapped(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message["headers"], *extra]}
-        await send(message)
-
-    return wrapped
-
-
-def _completion_lower_bound(body: bytes) -> int:
-    try:
-        obj = json.loads(body)
-        chars = sum(
-            len((c.get("message") or {}).get("content") or c.get("text") or "")
-            for c in obj.get("choices", [])
-        )
-    except (ValueError, AttributeError, TypeError):
-        return 0
-    return int(chars // 4)
-
-
-def _is_error_json(data: bytes) -> bool:
-    try:
-        obj = json.loads(data)
-    except ValueError:
-        return False
-    return isinstance(obj, dict) and isinstance(obj.get("error"), dict)
-
-
-def _sse_error(exc: ZgError) -> bytes:
-    return encode_event(json.dumps(error_body(exc.message, exc.type, exc.code)).encode()) + DONE_EVENT
