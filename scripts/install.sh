@@ -80,3 +80,20 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   fi
 fi
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && done_ "nginx installed" || true
+
+step "chromium + chromedriver (the dashboard's browser tests) and espeak-ng (the real text-to-speech backend)"
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; } \
+      || echo "    (could not install ${missing[*]}; the tests that need them will be skipped)"
+  else
+    echo "    (${missing[*]} not found and cannot be installed here; the tests that need them will be skipped)"
+  fi
+fi
+command -v chromium >/dev/null 2>&1 && done_ "$(chromium --version 2>/dev/null | head -1)" || true
+command -v espeak-ng >/dev/null 2>&1 && done_ "$(espeak-ng --version 2>/dev/null | head -1)" || true

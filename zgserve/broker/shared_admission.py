@@ -163,8 +163,10 @@ class SharedBalanceGuard:
         balance from this guard's own snapshot, read consistently with the settlement marker.
         """
         user = user.lower()
+        reread = fresh
         for attempt in range(ATTEMPTS):
-            snap = await self._snapshot(user, fresh or attempt > 0)
+            last = attempt == ATTEMPTS - 1
+            snap = await self._snapshot(user, reread)
             available = snap.account.balance - snap.account.pending_refund - self._min_locked
             args = {
                 "u": user,
@@ -182,9 +184,14 @@ class SharedBalanceGuard:
                 logger.error("shared admission failed: %s", type(exc).__name__)
                 raise StorageUnavailable("the broker's database cannot be read") from None
             if status == 1:
-                continue  # settled since the balance was read: read it again
+                reread = True  # settled since the balance was read: read it again
+                continue
             if status == 2:
                 raise OutstandingDebt(f"unpaid fees of {fmt_og(int(owed))} from an earlier settlement")
+            if status == 3 and not last and (self._dropping or self._flushing_now()):
+                # Holds this replica has already let go of may still be rows: never refuse on them.
+                await self._settle_drops()
+                continue
             if status == 3:
                 headroom = max(available - int(owed), 0)
                 raise InsufficientBalance(
@@ -217,17 +224,27 @@ class SharedBalanceGuard:
             # Soon, batched: holds released within one event-loop turn go in one statement.
             self._flushing = asyncio.get_running_loop().create_task(self._flush_drops())
 
+    def _flushing_now(self) -> bool:
+        return self._flushing is not None and not self._flushing.done()
+
+    async def _settle_drops(self) -> None:
+        if self._flushing_now():
+            assert self._flushing is not None
+            await asyncio.shield(self._flushing)
+        await self._flush_drops()
+
     async def _flush_drops(self) -> None:
-        if not self._dropping:
-            return
-        ids, self._dropping = list(self._dropping), set()
-        try:
-            async with self._engine.begin() as conn:
-                await conn.execute(_DROP, {"ids": ids})
-        except (SQLAlchemyError, OSError) as exc:
-            # They expire on their own; until then they only make admission stricter.
-            logger.warning("could not drop %d reservations yet: %s", len(ids), type(exc).__name__)
-            self._dropping.update(ids)
+        # Drops that arrive while a batch is being written go in the next batch, at once.
+        while self._dropping:
+            ids, self._dropping = list(self._dropping), set()
+            try:
+                async with self._engine.begin() as conn:
+                    await conn.execute(_DROP, {"ids": ids})
+            except (SQLAlchemyError, OSError) as exc:
+                # They expire on their own; until then they only make admission stricter.
+                logger.warning("could not drop %d reservations yet: %s", len(ids), type(exc).__name__)
+                self._dropping.update(ids)
+                return
 
     async def _renew_loop(self) -> None:
         interval = min(self._ttl / 3, 1.0)
