@@ -10,28 +10,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import json
-import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
 from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
+from tests.integration.broker.processes import broker_process, process_config
 from zgserve.broker.app import BrokerDeps
 from zgserve.broker.auth import token_digest_message
 from zgserve.broker.core import UnsettledReport
-from zgserve.common.net import free_port
 from zgserve.common.signing import Signer, eip191_digest
 from zgserve.devnet.network import Devnet
 
-ROOT = Path(__file__).resolve().parents[3]
 DEEP = 100_000
 ADMIN = {"Authorization": "Bearer s3cret"}
 
@@ -58,74 +52,21 @@ def signed_token(user_key: str, **claims: Any) -> str:
     return "Bearer app-sk-" + base64.b64encode(f"{raw}|{signature}".encode()).decode()
 
 
-@contextlib.asynccontextmanager
-async def broker_process(
-    devnet: Devnet, deployment_file: Path, service_url: str, tmp_path: Path
-) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """``zgserve broker --config`` as its own process (what production runs: uvloop, httptools)."""
-    provider = await devnet.new_account()
-    port = free_port()
-    config = {
-        "servingUrl": f"http://127.0.0.1:{port}",
-        "targetUrl": service_url + "/v1",
-        "model": "fake-model",
-        "inputPrice": 1,
-        "outputPrice": 1,
-        "privateKeys": [provider.private_key],
-        "network": {"deployment": str(deployment_file)},
-        "database": {"url": f"sqlite+aiosqlite:///{tmp_path}/broker.db"},
-        "tee": {"backend": "simulated", "keyFile": str(tmp_path / "tee.json")},
-        "server": {"host": "127.0.0.1", "port": port},
-        "registration": {"enabled": False},
-        "settlement": {"enabled": False},
-        "logging": {"level": "WARNING"},
-    }
-    path = tmp_path / "broker.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from zgserve.cli import main; main()",
-        "broker",
-        "--config",
-        str(path),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(600):
-                if proc.returncode is not None:
-                    break
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(url + "/health") as resp:
-                        if resp.status == 200:
-                            break
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("the broker did not start within 60 s")
-        if proc.returncode is not None:
-            out = await proc.stdout.read() if proc.stdout else b""
-            raise AssertionError(f"the broker exited with {proc.returncode}: {out.decode()[-3000:]}")
-        yield url, proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 15)
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-
-
 async def test_deep_json_does_not_kill_the_broker_process(
     devnet: Devnet, deployment_file: Path, service_url: str, tmp_path: Path
 ) -> None:
     deep = b"[" * DEEP + b"]" * DEEP
     user = Signer.generate().address
-    async with broker_process(devnet, deployment_file, service_url, tmp_path) as (url, proc):
+    provider = await devnet.new_account()
+    config = process_config(
+        service_url=service_url,
+        deployment_file=deployment_file,
+        private_key=provider.private_key,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/broker.db",
+        key_file=tmp_path / "tee.json",
+    )
+    async with broker_process(config, tmp_path) as broker:
+        url, proc = broker.url, broker.proc
         async with aiohttp.ClientSession() as s:
             in_token = "Bearer app-sk-" + base64.b64encode(deep + b"|0x00").decode()
             legacy = {"Address": user, "Session-Token": deep.decode(), "Session-Signature": "0x00"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +22,12 @@ from tests.integration.broker.conftest import (
     make_token,
     throwaway_database,
 )
+from tests.integration.broker.processes import nginx_in_front
 from zgserve.broker.app import BrokerDeps
 from zgserve.broker.db import repo
 from zgserve.broker.settlement.config import SettlementConfig
 from zgserve.broker.settlement.wiring import settlement_factory
 from zgserve.common.money import OG
-from zgserve.common.net import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -133,58 +132,12 @@ async def test_a_settlement_by_one_replica_invalidates_the_others_caches(
         assert (await b.core.accounts.get(key)).account.balance == OG - fee
 
 
-def _nginx_conf(tmp_path: Path, port: int, upstreams: list[str]) -> Path:
-    """deploy/nginx.conf with loopback addresses, as the compose file runs it with container names."""
-    conf = NGINX_CONF.read_text()
-    servers = "".join(f"        server {u};\n" for u in upstreams)
-    conf = re.sub(r"(?m)^\s*server broker-\d+:3080[^;]*;\n", "", conf)
-    conf = conf.replace("upstream brokers {\n", "upstream brokers {\n" + servers)
-    conf = conf.replace("listen 3080;", f"listen 127.0.0.1:{port};")
-    conf = conf.replace("pid /tmp/nginx.pid;", f"pid {tmp_path}/nginx.pid;")
-    conf = conf.replace("access_log /dev/stdout", f"access_log {tmp_path}/access.log")
-    conf = conf.replace("error_log /dev/stderr", f"error_log {tmp_path}/error.log")
-    path = tmp_path / "nginx.conf"
-    path.write_text(conf)
-    return path
-
-
-def _find_nginx() -> str | None:
-    # apt installs it to /usr/sbin, which a non-root PATH may lack.
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if Path(p).exists()), None
-    )
-
-
 async def test_nginx_in_front_of_two_replicas_serves_through_both(
     start_broker: StartBroker, funded_user: FundedUser, tmp_path: Path
 ) -> None:
-    nginx = _find_nginx()
-    if nginx is None:
-        pytest.skip("nginx is not installed (scripts/install.sh installs it with apt-get where it can)")
     async with two_replicas(start_broker, tmp_path) as replicas, aiohttp.ClientSession() as s:
-        port = free_port()
         upstreams = [r.url.removeprefix("http://") for r in replicas]
-        conf = _nginx_conf(tmp_path, port, upstreams)
-        prefix = tmp_path / "nginx"
-        prefix.mkdir()
-        check = await asyncio.create_subprocess_exec(
-            nginx, "-t", "-p", str(prefix), "-c", str(conf), stderr=asyncio.subprocess.PIPE
-        )
-        _, errors = await check.communicate()
-        assert check.returncode == 0, errors.decode()
-        proc = await asyncio.create_subprocess_exec(
-            nginx, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;", stderr=asyncio.subprocess.PIPE
-        )
-        try:
-            lb = f"http://127.0.0.1:{port}"
-
-            async def up() -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with s.get(lb + "/health") as r:
-                        return r.status == 200
-                return False
-
-            await _eventually(up)
+        async with nginx_in_front(upstreams, tmp_path) as lb:
             provider = replicas[0].provider.address
             user = await funded_user(provider, amount=OG)
             auth = make_token(user.private_key, provider)
@@ -204,9 +157,6 @@ async def test_nginx_in_front_of_two_replicas_serves_through_both(
                 async for chunk in r.content.iter_any():
                     streamed.append(chunk)
             assert b"data: [DONE]" in b"".join(streamed)
-        finally:
-            proc.terminate()
-            await proc.wait()
         log = (tmp_path / "access.log").read_text()
         served_by = set(re.findall(r'"POST /v1/proxy/chat/completions[^"]*" 200 \d+ upstream=(\S+)', log))
         assert served_by == set(upstreams), log

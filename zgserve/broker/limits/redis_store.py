@@ -16,6 +16,9 @@ import logging
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from zgserve.broker.errors import LimitsUnavailable
@@ -71,7 +74,17 @@ class RedisStore:
 
     def __init__(self, url: str, *, slot_ttl: float, prefix: str) -> None:
         # Short timeouts: a stalled Redis must turn into a quick 503, not a hung request.
-        self._client: Any = aioredis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
+        # Retries on a broken connection: after a Redis restart every pooled connection is dead,
+        # and without them each would fail one request. Repeating a script is safe: a slot is a
+        # set member under its lease (added twice, held once), and a bucket taken twice only
+        # errs on the strict side.
+        self._client: Any = aioredis.from_url(
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+            retry_on_error=[RedisConnectionError],  # not timeouts: a stall stays a quick 503
+        )
         self._ttl_ms = int(slot_ttl * 1000)
         self._prefix = prefix
         self._bucket = self._client.register_script(_BUCKET)
