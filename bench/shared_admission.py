@@ -19,6 +19,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import uvloop
 
 from zgserve.broker.billing import BalanceGuard
 from zgserve.broker.db import create_engine, migrate
@@ -99,4 +100,4 @@ async def main(n: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=2000)
-    asyncio.run(main(parser.parse_args().n))
+    uvloop.run(main(parser.parse_args().n))  # the broker runs on uvloop

@@ -33,7 +33,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -48,17 +50,31 @@ AccountFetch = Callable[[str], Awaitable[Account | None]]
 # A settlement landing while a snapshot is read: read it again, a few times at most.
 ATTEMPTS = 3
 
-_ADMIT = text("SELECT status, hold_id, owed FROM zg_admit(:u, :a, :h, :e, :v, :m)")
+_ADMIT = "SELECT status, hold_id, owed FROM zg_admit($1, $2::numeric, $3, $4, $5::numeric, $6::numeric)"
 _STATE = text(
     'SELECT (SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u),'
     ' (SELECT coalesce(sum(fee), 0) FROM broker_requests WHERE "user" = :u AND NOT settled),'
     " (SELECT coalesce(max(debt), 0) FROM broker_users WHERE address = :u),"
     ' (SELECT coalesce(sum(amount), 0) FROM broker_reservations WHERE "user" = :u AND expires_at > :now)'
 )
-_MARKER = text('SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = :u')
-_DROP = text("DELETE FROM broker_reservations WHERE id = ANY(:ids)")
-_RENEW = text("UPDATE broker_reservations SET expires_at = :e WHERE holder = :h AND id = ANY(:ids)")
-_RELEASE_ALL = text("DELETE FROM broker_reservations WHERE holder = :h")
+_MARKER = 'SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = $1'
+_DROP = "DELETE FROM broker_reservations WHERE id = ANY($1::bigint[])"
+_RENEW = "UPDATE broker_reservations SET expires_at = $1 WHERE holder = $2 AND id = ANY($3::bigint[])"
+_RELEASE_ALL = "DELETE FROM broker_reservations WHERE holder = $1"
+# The connection failed before or while the statement ran: the pool's connection was dead
+# (a database restart), or the database cannot be reached.
+_DB_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+# Of these, the ones of a connection that died under the pool (its state lost mid-statement when
+# the server went away): worth one more try on a fresh connection.
+_DEAD_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError, ConnectionError)
+# SQLAlchemy's own connect options, which asyncpg does not know.
+_SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
 
 
 @dataclass(slots=True)
@@ -91,7 +107,12 @@ class SharedReservation:
 
 
 class SharedBalanceGuard:
-    """Admission over shared reservations; the same interface as ``BalanceGuard``."""
+    """Admission over shared reservations; the same interface as ``BalanceGuard``.
+
+    Its statements go through a small asyncpg pool of its own rather than the engine: one
+    admission per charged request is the broker's hottest database path, and the ORM layer's
+    checkout (with its pre-ping round trip) cost several times the statement itself.
+    """
 
     def __init__(
         self,
@@ -101,10 +122,16 @@ class SharedBalanceGuard:
         ttl: float = 30.0,
         snapshot_ttl: float = 3.0,
         min_locked: int = 0,
+        pool_size: int = 8,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError("shared admission needs PostgreSQL")
         self._engine = engine
+        _, connect = engine.sync_engine.dialect.create_connect_args(engine.url)
+        self._connect: dict[str, Any] = {k: v for k, v in connect.items() if k not in _SQLALCHEMY_ONLY}
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._opening = asyncio.Lock()
         self._fetch = fetch
         self._ttl = ttl
         self._snapshot_ttl = snapshot_ttl
@@ -128,10 +155,39 @@ class SharedBalanceGuard:
             await self._flushing
         await self._flush_drops()
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(_RELEASE_ALL, {"h": self.holder})
-        except (SQLAlchemyError, OSError) as exc:
+            await self._run("execute", _RELEASE_ALL, self.holder)
+        except StorageUnavailable as exc:
             logger.warning("reservations of %s not released at shutdown (they expire): %s", self.holder, exc)
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            with contextlib.suppress(*_DB_ERRORS):
+                await asyncio.wait_for(pool.close(), 5)
+
+    async def _open(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    **self._connect,
+                    min_size=0,
+                    max_size=self._pool_size,
+                    command_timeout=10,
+                    reset=_no_reset,
+                )
+        return self._pool
+
+    async def _run(self, method: str, sql: str, *args: Any) -> Any:
+        """``fetchrow``/``fetchval``/``execute`` on the pool; a dead pooled connection (the
+        database restarted since it was opened) is replaced and the statement tried once more."""
+        for attempt in (0, 1):
+            try:
+                pool = self._pool or await self._open()
+                return await getattr(pool, method)(sql, *args)
+            except _DEAD_CONNECTION as exc:
+                if attempt:
+                    raise _unavailable(exc) from None
+            except _DB_ERRORS as exc:
+                raise _unavailable(exc) from None
+        raise AssertionError("unreachable")
 
     def _expiry(self) -> datetime:
         return datetime.now(UTC) + timedelta(seconds=self._ttl)
@@ -142,12 +198,7 @@ class SharedBalanceGuard:
             return snap
         # The marker first, then the chain: a settlement between the two makes the marker old,
         # and the admission reads the snapshot again (never the other way round).
-        try:
-            async with self._engine.connect() as conn:
-                marker = int((await conn.execute(_MARKER, {"u": user})).scalar_one())
-        except (SQLAlchemyError, OSError) as exc:
-            logger.error("shared admission cannot read the database: %s", type(exc).__name__)
-            raise StorageUnavailable("the broker's database cannot be read") from None
+        marker = int(await self._run("fetchval", _MARKER, user))
         account = await self._fetch(user)
         if account is None:
             raise InsufficientBalance("no sub-account with this provider")
@@ -168,21 +219,9 @@ class SharedBalanceGuard:
             last = attempt == ATTEMPTS - 1
             snap = await self._snapshot(user, reread)
             available = snap.account.balance - snap.account.pending_refund - self._min_locked
-            args = {
-                "u": user,
-                "a": amount,
-                "h": self.holder,
-                "e": self._expiry(),
-                "v": available,
-                "m": snap.marker,
-            }
-            try:
-                async with self._engine.connect() as conn:
-                    auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                    status, row_id, owed = (await auto.execute(_ADMIT, args)).one()
-            except (SQLAlchemyError, OSError) as exc:
-                logger.error("shared admission failed: %s", type(exc).__name__)
-                raise StorageUnavailable("the broker's database cannot be read") from None
+            status, row_id, owed = await self._run(
+                "fetchrow", _ADMIT, user, amount, self.holder, self._expiry(), available, snap.marker
+            )
             if status == 1:
                 reread = True  # settled since the balance was read: read it again
                 continue
@@ -228,8 +267,7 @@ class SharedBalanceGuard:
         return self._flushing is not None and not self._flushing.done()
 
     async def _settle_drops(self) -> None:
-        if self._flushing_now():
-            assert self._flushing is not None
+        if self._flushing is not None and not self._flushing.done():
             await asyncio.shield(self._flushing)
         await self._flush_drops()
 
@@ -238,11 +276,10 @@ class SharedBalanceGuard:
         while self._dropping:
             ids, self._dropping = list(self._dropping), set()
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(_DROP, {"ids": ids})
-            except (SQLAlchemyError, OSError) as exc:
+                await self._run("execute", _DROP, ids)
+            except StorageUnavailable:
                 # They expire on their own; until then they only make admission stricter.
-                logger.warning("could not drop %d reservations yet: %s", len(ids), type(exc).__name__)
+                logger.warning("could not drop %d reservations yet", len(ids))
                 self._dropping.update(ids)
                 return
 
@@ -254,9 +291,16 @@ class SharedBalanceGuard:
             if not self._live:
                 continue
             try:
-                async with self._engine.begin() as conn:
-                    await conn.execute(
-                        _RENEW, {"e": self._expiry(), "h": self.holder, "ids": list(self._live)}
-                    )
-            except (SQLAlchemyError, OSError) as exc:
-                logger.warning("reservations not renewed: %s", type(exc).__name__)
+                await self._run("execute", _RENEW, self._expiry(), self.holder, list(self._live))
+            except StorageUnavailable:
+                logger.warning("reservations not renewed")
+
+
+async def _no_reset(connection: Any) -> None:
+    """The guard's statements leave no session state behind (the advisory lock is the
+    transaction's): a connection back in the pool needs no reset round trip."""
+
+
+def _unavailable(exc: BaseException) -> StorageUnavailable:
+    logger.error("shared admission cannot reach the database: %s", type(exc).__name__)
+    return StorageUnavailable("the broker's database cannot be read")
