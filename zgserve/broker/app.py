@@ -25,7 +25,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from zgserve.broker import registration
+from zgserve.broker import dashboard, registration
 from zgserve.broker.accounts import AccountCache, AccountFetch
 from zgserve.broker.auth import Authenticator, TokenVerifier
 from zgserve.broker.billing import BalanceGuard
@@ -111,7 +111,14 @@ def create_app(settings: BrokerSettings, deps: BrokerDeps | None = None) -> Any:
         return JSONResponse(error_body("internal error", "server_error", "internal_error"), status_code=500)
 
     starlette = Starlette(
-        routes=[*user.routes, *admin.routes, *ops.routes, *openapi.routes, *_settlement_routes()],
+        routes=[
+            *user.routes,
+            *admin.routes,
+            *ops.routes,
+            *openapi.routes,
+            *_settlement_routes(),
+            *dashboard.routes(),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ZgError: on_zg_error,

@@ -43,6 +43,12 @@ _FIXED = {
     "/v1/request",
     "/v1/sync-account",
     "/v1/settlement",
+    "/v1/settlement/transactions",
+    "/v1/earnings",
+    "/v1/traffic",
+    "/v1/backlog",
+    "/v1/wallet",
+    "/dashboard",
     "/health",
     "/metrics",
 }
@@ -52,6 +58,8 @@ def route_label(path: str) -> str:
     """A bounded label for a path: templates instead of addresses and ids."""
     if path in _CHARGED or path in _FIXED:
         return path
+    if path.startswith("/dashboard/"):
+        return "/dashboard/static"
     if path.startswith("/v1/proxy/signature/"):
         return "/v1/proxy/signature/{id}"
     if path.startswith("/v1/proxy/"):

@@ -60,6 +60,17 @@ class NetworkSettings(_Section):
     inference_address: str | None = None
     deployment: Path | None = Field(default=None, description="deployment JSON written by `zgserve devnet`")
     service_name: str = "inference-v1.0"
+    explorer_url: str | None = Field(
+        default=None, description="block explorer of this chain (https://...); the dashboard links to it"
+    )
+
+    @field_validator("explorer_url")
+    @classmethod
+    def _explorer(cls, value: str | None) -> str | None:
+        # The dashboard builds links from it: only plain web URLs, never javascript: or data:.
+        if value is not None and not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// or http://")
+        return value.rstrip("/") if value else None
 
 
 class ServerSettings(_Section):

@@ -94,6 +94,7 @@ def print_urls(console: Console, stack: RunningStack) -> None:
     table.add_column(style="bold", no_wrap=True)
     table.add_column()
     table.add_row("OpenAI base URL (users)", f"{stack.openai_base_url}  [dim](Bearer app-sk-… token)[/]")
+    table.add_row("Dashboard (provider)", f"{stack.broker_url}/dashboard  [dim](admin access rules)[/]")
     table.add_row(
         "Admin API",
         f"{stack.broker_url}/v1/service · /v1/settle · /v1/user · /v1/request · /v1/settlement",

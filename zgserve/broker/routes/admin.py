@@ -19,7 +19,7 @@ import hmac
 import ipaddress
 import logging
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -43,7 +43,7 @@ from zgserve.broker.routes.params import (
     query_time,
     read_json,
 )
-from zgserve.chain.errors import AccountNotExists
+from zgserve.chain.errors import AccountNotExists, ServiceNotExist
 from zgserve.chain.types import Account
 from zgserve.common import money
 from zgserve.common.errors import BadRequest, Conflict, NotFound
@@ -61,11 +61,16 @@ def _core(request: Request) -> BrokerCore:
     return core
 
 
-def require_admin(request: Request) -> BrokerCore:
-    """The core, if this request may use the admin API; :class:`AdminForbidden` (403) otherwise."""
-    core = _core(request)
+def refuse_cross_site(request: Request) -> BrokerCore:
+    """The core, unless a browser says another site (or origin) made this request."""
     if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
         raise AdminForbidden("the admin API refuses requests a browser made from another site")
+    return _core(request)
+
+
+def require_admin(request: Request) -> BrokerCore:
+    """The core, if this request may use the admin API; :class:`AdminForbidden` (403) otherwise."""
+    core = refuse_cross_site(request)
     token = core.settings.admin.token
     if token is not None:
         given = request.headers.get("authorization", "")
@@ -80,6 +85,19 @@ def require_admin(request: Request) -> BrokerCore:
         raise AdminForbidden("the admin API answers to loopback host names only (configure admin.token)")
     if request.method not in _SAFE_METHODS and not _is_json(request.headers.get("content-type")):
         raise JsonContentTypeRequired("admin calls that change state need 'Content-Type: application/json'")
+    return core
+
+
+def require_admin_page(request: Request) -> BrokerCore:
+    """The admin rules for the dashboard's page and scripts, which hold no data.
+
+    With an admin token a browser cannot send it on a navigation, so the page is served
+    without it (never to another site) and its script then sends the token with every
+    call. Without a token, the page follows the admin API's loopback rules exactly.
+    """
+    core = refuse_cross_site(request)
+    if core.settings.admin.token is None:
+        require_admin(request)
     return core
 
 
@@ -147,6 +165,8 @@ def _service_json(core: BrokerCore, chain: Any = None) -> dict[str, Any]:
         "targetUrl": core.settings.target_url,
         "targetTeeAddress": svc.tee_address,
         "teeSignerAddress": core.settlement_signer.address,
+        # What the quote says of the TEE: a simulated backend's signer key is not hardware-bound.
+        "tee": {"backend": core.quote.get("tee"), "simulated": bool(core.quote.get("simulated", True))},
     }
     if chain is not None:
         out["onChain"] = {
@@ -164,7 +184,12 @@ def _service_json(core: BrokerCore, chain: Any = None) -> dict[str, Any]:
 
 async def get_service(request: Request) -> Response:
     core = require_admin(request)
-    chain = await core.inference.get_service(core.provider_address) if core.inference is not None else None
+    chain = None
+    if core.inference is not None:
+        try:
+            chain = await core.inference.get_service(core.provider_address)
+        except ServiceNotExist:  # not registered (yet): the answer says so, it is no error
+            chain = None
     return JSONResponse(_service_json(core, chain))
 
 
@@ -253,20 +278,39 @@ def _user_json(address: str, account: Account | None, unsettled: int, debt: int)
     return out
 
 
-async def list_users(request: Request) -> Response:
-    core = require_admin(request)
+@dataclass(frozen=True, slots=True)
+class UserLedger:
+    """One user as the admin API shows them: sub-account (None without a chain), fees owed, debt."""
+
+    address: str
+    account: Account | None
+    unsettled: int
+    debt: int
+
+
+async def load_users(core: BrokerCore) -> list[UserLedger]:
+    """Every sub-account of this provider (or, without a chain, every user with records).
+
+    The one query behind ``GET /v1/user`` and the dashboard's users and backlog.
+    """
     async with core.db.connect() as conn:
         owed = await repo.unsettled_by_user(conn)
         stored = {u.address: u for u in await repo.list_users(conn, offset=0, limit=1_000_000)}
-    items = []
     if core.inference is not None:
-        for account in await core.inference.get_accounts_by_provider(core.provider_address):
-            key = account.user.lower()
-            debt = stored[key].debt if key in stored else 0
-            items.append(_user_json(key, account, owed.get(key, 0), debt))
-    else:
-        for key in sorted(set(owed) | set(stored)):
-            items.append(_user_json(key, None, owed.get(key, 0), stored[key].debt if key in stored else 0))
+        return [
+            UserLedger(key, account, owed.get(key, 0), stored[key].debt if key in stored else 0)
+            for account in await core.inference.get_accounts_by_provider(core.provider_address)
+            for key in [account.user.lower()]
+        ]
+    return [
+        UserLedger(key, None, owed.get(key, 0), stored[key].debt if key in stored else 0)
+        for key in sorted(set(owed) | set(stored))
+    ]
+
+
+async def list_users(request: Request) -> Response:
+    core = require_admin(request)
+    items = [_user_json(u.address, u.account, u.unsettled, u.debt) for u in await load_users(core)]
     return JSONResponse({"metadata": {"total": len(items)}, "items": items})
 
 
