@@ -100,3 +100,33 @@ def spawn(
     """Start one process of the benchmark from the repository root."""
     out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115  # closed with the process
     return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=out, stderr=out)
+
+
+async def spawn_service(tmp: Path) -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], str, str]:
+    """The fake OpenAI backend and the verifiable service (simulated TEE) in front of it, started
+    and answering: (backend process, service process, backend URL, service URL)."""
+    import sys
+
+    from zgserve.common.net import free_port, wait_http
+
+    fake_port, service_port = free_port(), free_port()
+    zgserve = str(Path(sys.executable).parent / "zgserve")
+    fake = spawn([sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(fake_port)])
+    service = spawn(
+        [
+            zgserve,
+            "service",
+            "--port",
+            str(service_port),
+            "--tee",
+            "simulated",
+            "--target-url",
+            f"http://127.0.0.1:{fake_port}",
+            "--store-path",
+            str(tmp / "sig.sqlite3"),
+        ],
+        env={"ZG_SERVICE_GPU_EVIDENCE": "off", "ZG_SERVICE_ALLOWED_PARAMS": '["fake"]'},
+    )
+    await wait_http(f"http://127.0.0.1:{fake_port}/v1/models", 30, 200)
+    await wait_http(f"http://127.0.0.1:{service_port}/health", 60, 200)
+    return fake, service, f"http://127.0.0.1:{fake_port}", f"http://127.0.0.1:{service_port}"

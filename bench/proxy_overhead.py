@@ -30,7 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import Run, load, spawn  # noqa: E402
+from bench.loadgen import Run, load, spawn, spawn_service  # noqa: E402
 from zgserve.client.tokens import ephemeral_token  # noqa: E402
 from zgserve.common.money import OG  # noqa: E402
 from zgserve.common.net import free_port, wait_http  # noqa: E402
@@ -39,34 +39,18 @@ from zgserve.devnet.network import start_devnet  # noqa: E402
 
 async def main(seconds: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="zg-bench-broker-"))
-    fake_port, service_port, broker_port = free_port(), free_port(), free_port()
+    broker_port = free_port()
     zgserve = str(Path(sys.executable).parent / "zgserve")
     procs: list[subprocess.Popen[bytes]] = []
     async with start_devnet(users=1, lock_time=3600) as devnet:
         try:
             dep_file = devnet.deployment.save(tmp / "deployment.json")
             provider = await devnet.new_account()
-            fake = spawn([sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(fake_port)])
-            procs.append(fake)
-            service = spawn(
-                [
-                    zgserve,
-                    "service",
-                    "--port",
-                    str(service_port),
-                    "--tee",
-                    "simulated",
-                    "--target-url",
-                    f"http://127.0.0.1:{fake_port}",
-                    "--store-path",
-                    str(tmp / "sig.sqlite3"),
-                ],
-                env={"ZG_SERVICE_GPU_EVIDENCE": "off", "ZG_SERVICE_ALLOWED_PARAMS": '["fake"]'},
-            )
-            procs.append(service)
+            fake, service, backend_url, service_url = await spawn_service(tmp)
+            procs += [fake, service]
             config = {
                 "servingUrl": f"http://127.0.0.1:{broker_port}",
-                "targetUrl": f"http://127.0.0.1:{service_port}/v1",
+                "targetUrl": f"{service_url}/v1",
                 "model": "fake-model",
                 "inputPrice": 1_000_000_000,
                 "outputPrice": 2_000_000_000,
@@ -78,8 +62,6 @@ async def main(seconds: float) -> None:
                 "logging": {"level": "WARNING"},
             }
             (tmp / "provider.yaml").write_text(yaml.safe_dump(config))
-            await wait_http(f"http://127.0.0.1:{fake_port}/v1/models", 30, 200)
-            await wait_http(f"http://127.0.0.1:{service_port}/health", 60, 200)
             broker = spawn([zgserve, "broker", "-c", str(tmp / "provider.yaml")], log=tmp / "broker.log")
             procs.append(broker)
             await wait_http(f"http://127.0.0.1:{broker_port}/health", 60, 200)
@@ -108,7 +90,7 @@ async def main(seconds: float) -> None:
                 for connections in (1, 32):
                     pids = {"service": service.pid, "broker": broker.pid, "backend": fake.pid}
                     direct = await load(
-                        f"http://127.0.0.1:{fake_port}/v1/chat/completions",
+                        f"{backend_url}/v1/chat/completions",
                         body,
                         headers=plain,
                         stream=stream,
@@ -117,7 +99,7 @@ async def main(seconds: float) -> None:
                         pids=pids,
                     )
                     via_service = await load(
-                        f"http://127.0.0.1:{service_port}/v1/chat/completions",
+                        f"{service_url}/v1/chat/completions",
                         body,
                         headers=plain,
                         stream=stream,

@@ -58,7 +58,7 @@ _STATE = text(
     ' (SELECT coalesce(sum(amount), 0) FROM broker_reservations WHERE "user" = :u AND expires_at > :now)'
 )
 _MARKER = 'SELECT coalesce(max(settlement_nonce), -1) FROM broker_requests WHERE "user" = $1'
-_DROP = "DELETE FROM broker_reservations WHERE id = ANY($1::bigint[])"
+_DROP = "SELECT zg_release($1::bigint[])"  # asynchronous commit: see migration 0003
 _RENEW = "UPDATE broker_reservations SET expires_at = $1 WHERE holder = $2 AND id = ANY($3::bigint[])"
 _RELEASE_ALL = "DELETE FROM broker_reservations WHERE holder = $1"
 # The connection failed before or while the statement ran: the pool's connection was dead

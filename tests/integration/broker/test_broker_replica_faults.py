@@ -199,6 +199,9 @@ async def _burst_and_check(
 
             await _settle_all(replicas[2].url, s, unsettled)
             async with engine.connect() as conn:
+                # The per-user total admission reads, kept by triggers, agrees with the records.
+                q = 'SELECT coalesce(sum(fee), 0) FROM broker_unsettled WHERE "user" = :u'
+                assert (await conn.execute(text(q), {"u": user.address.lower()})).scalar_one() == 0
                 rows = (
                     await conn.execute(
                         text('SELECT response_id, fee, settled FROM broker_requests WHERE "user" = :u'),

@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sqlalchemy import text
 
 from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
 from tests.integration.broker.test_broker_replicas import two_replicas
@@ -34,7 +35,15 @@ async def ask(s: aiohttp.ClientSession, url: str, auth: str, stream: bool) -> in
 async def recorded(broker: Any, user: str) -> tuple[int, int]:
     async with broker.core.db.connect() as conn:
         page = await repo.list_requests(conn, user=user, limit=1000)
+        # The per-user unsettled total that admission reads (kept by triggers) matches the records.
+        kept = (await conn.execute(_KEPT, {"u": user.lower()})).scalar_one()
+        summed = (await conn.execute(_SUMMED, {"u": user.lower()})).scalar_one()
+    assert kept == summed
     return page.total, page.fee
+
+
+_KEPT = text('SELECT coalesce(sum(fee), 0) FROM broker_unsettled WHERE "user" = :u')
+_SUMMED = text('SELECT coalesce(sum(fee), 0) FROM broker_requests WHERE "user" = :u AND NOT settled')
 
 
 @pytest.mark.parametrize("trial", range(3))
