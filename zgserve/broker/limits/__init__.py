@@ -14,7 +14,7 @@ import math
 import uuid
 
 from zgserve.broker.errors import RateLimited
-from zgserve.broker.limits.store import ALWAYS, LimitStore, LocalStore
+from zgserve.broker.limits.store import ALWAYS, Bucket, LimitStore, LocalStore
 from zgserve.broker.settings import LimitsSettings
 
 __all__ = ["Admission", "Limiter", "LocalStore", "limiter_from_settings"]
@@ -80,44 +80,43 @@ class Limiter:
             )
 
     async def admit(self, user: str) -> Admission:
-        """Per-user rates, then the concurrency slots (the costly check last, as officially)."""
-        headers: Headers = []
+        """Per-user rates, then the concurrency slots (the costly check last, as officially), in
+        one step of the store (one round trip to Redis)."""
         free = user in self.whitelist
+        checks: list[tuple[Bucket, bytes, int]] = []
         if self._rpm and not free:
-            state = await self.store.bucket(f"rpm:{user}", self._rpm / 60, self._rpm_burst, 1, 1)
-            headers += _trio(b"requests", self._rpm, state.tokens, self._rpm_burst, self._rpm / 60)
-            if not state.allowed:
-                wait = (1 - state.tokens) / (self._rpm / 60)
-                raise RateLimited(
-                    f"rate limit exceeded: wait {math.ceil(wait)} s (limit: {self._rpm} requests/min)",
-                    headers=[(b"retry-after", str(math.ceil(wait)).encode()), *headers],
-                )
+            rpm = Bucket(f"rpm:{user}", self._rpm / 60, self._rpm_burst, 1, 1)
+            checks.append((rpm, b"requests", self._rpm))
         if self._tpm and not free:
             # Entry needs a positive bucket only: the answer's size is unknown until it ends.
-            state = await self.store.bucket(f"tpm:{user}", self._tpm / 60, self._tpm_burst, 1, 0)
-            headers += _trio(b"tokens", self._tpm, state.tokens, self._tpm_burst, self._tpm / 60)
-            if not state.allowed:
-                wait = (1 - state.tokens) / (self._tpm / 60)
-                raise RateLimited(
-                    f"token rate limit exceeded: wait {math.ceil(wait)} s (limit: {self._tpm} tokens/min)",
-                    headers=[(b"retry-after", str(math.ceil(wait)).encode()), *headers],
-                )
+            tpm = Bucket(f"tpm:{user}", self._tpm / 60, self._tpm_burst, 1, 0)
+            checks.append((tpm, b"tokens", self._tpm))
         s = self.settings
         slots: list[tuple[str, int]] = []
         if s.max_global_concurrent:
             slots.append(("conc:all", s.max_global_concurrent))
         if s.max_per_user_concurrent and not free:
             slots.append((f"conc:u:{user}", s.max_per_user_concurrent))
-        lease = ""
-        if slots:
-            lease = uuid.uuid4().hex
-            full = await self.store.acquire(slots, lease)
-            if full is not None:
-                which = "in all" if full == "conc:all" else "for this user"
+        if not checks and not slots:
+            return Admission(self.store, [], "", [])
+        lease = uuid.uuid4().hex if slots else ""
+        decision = await self.store.admit([c[0] for c in checks], slots, lease)
+        headers: Headers = []
+        for (bucket, kind, limit), state in zip(checks, decision.buckets, strict=False):
+            headers += _trio(kind, limit, state.tokens, bucket.burst, bucket.rate)
+            if not state.allowed:
+                wait = math.ceil((1 - state.tokens) / bucket.rate)
+                what = "rate limit" if kind == b"requests" else "token rate limit"
                 raise RateLimited(
-                    f"too many requests in flight {which}; retry when one ends",
-                    headers=[(b"retry-after", b"1"), *headers],
+                    f"{what} exceeded: wait {wait} s (limit: {limit} {kind.decode()}/min)",
+                    headers=[(b"retry-after", str(wait).encode()), *headers],
                 )
+        if decision.full is not None:
+            which = "in all" if decision.full == "conc:all" else "for this user"
+            raise RateLimited(
+                f"too many requests in flight {which}; retry when one ends",
+                headers=[(b"retry-after", b"1"), *headers],
+            )
         return Admission(self.store, [k for k, _ in slots], lease, headers)
 
     async def consume_tokens(self, user: str, tokens: int) -> None:

@@ -22,7 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from zgserve.broker.errors import LimitsUnavailable
-from zgserve.broker.limits.store import BucketState
+from zgserve.broker.limits.store import Bucket, BucketState, Decision
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,50 @@ for _, key in ipairs(KEYS) do
   redis.call('PEXPIRE', key, ttl)
 end
 return 0
+"""
+# An admission in one round trip: KEYS are the buckets, then the slot sets; ARGV: the number of
+# buckets, (rate, burst, need, take) per bucket, the lease, the ttl in ms, a limit per slot set.
+# Returns ok, tokens per bucket checked (stopping at a refusal), then the index of the full slot
+# set (0: every slot held; -1: not tried, a bucket refused).
+_ADMIT = """
+local nb = tonumber(ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i = 1, nb do
+  local a = 1 + (i - 1) * 4
+  local rate, burst = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local need, take = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4])
+  local v = redis.call('HMGET', KEYS[i], 'tok', 'ts')
+  local tok = tonumber(v[1]) or burst
+  local ts = tonumber(v[2]) or now
+  tok = math.min(burst, tok + (now - ts) * rate)
+  local ok = 0
+  if tok >= need then ok = 1; tok = tok - take end
+  redis.call('HSET', KEYS[i], 'tok', tostring(tok), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[i], math.ceil((burst - tok) / rate * 1000) + 1000)
+  out[#out + 1] = ok
+  out[#out + 1] = tostring(tok)
+  if ok == 0 then
+    out[#out + 1] = -1
+    return out
+  end
+end
+local lease, ttl = ARGV[nb * 4 + 2], tonumber(ARGV[nb * 4 + 3])
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for j = nb + 1, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[j], '-inf', ms)
+  if redis.call('ZCARD', KEYS[j]) >= tonumber(ARGV[nb * 4 + 3 + j - nb]) then
+    out[#out + 1] = j - nb
+    return out
+  end
+end
+for j = nb + 1, #KEYS do
+  redis.call('ZADD', KEYS[j], ms + ttl, lease)
+  redis.call('PEXPIRE', KEYS[j], ttl)
+end
+out[#out + 1] = 0
+return out
 """
 # KEYS: slot sets; ARGV: ttl ms, then the lease held in each key (renewed only if still there).
 _RENEW = """
@@ -90,6 +134,7 @@ class RedisStore:
         self._bucket = self._client.register_script(_BUCKET)
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
+        self._admit = self._client.register_script(_ADMIT)
         self._held: dict[str, list[str]] = {}  # lease -> its keys, renewed until released
         self._renewer: asyncio.Task[None] | None = None
 
@@ -113,6 +158,25 @@ class RedisStore:
             return slots[full - 1][0]
         self._held[lease] = keys
         return None
+
+    async def admit(self, buckets: list[Bucket], slots: list[tuple[str, int]], lease: str) -> Decision:
+        keys = [self._prefix + b.key for b in buckets] + [self._prefix + key for key, _ in slots]
+        args: list[Any] = [len(buckets)]
+        for b in buckets:
+            need = "-1e300" if b.need == float("-inf") else repr(b.need)
+            args += [repr(b.rate), repr(b.burst), need, repr(b.take)]
+        args += [lease, self._ttl_ms, *(n for _, n in slots)]
+        try:
+            out = await self._admit(keys=keys, args=args)
+        except RedisError as exc:
+            raise _unavailable(exc) from None
+        states = [BucketState(bool(out[i]), float(out[i + 1])) for i in range(0, len(out) - 1, 2)]
+        full = int(out[-1])
+        if full > 0:
+            return Decision(states, slots[full - 1][0])
+        if full == 0 and slots:
+            self._held[lease] = keys[len(buckets) :]
+        return Decision(states, None)
 
     async def release(self, keys: list[str], lease: str) -> None:
         held = self._held.pop(lease, None)

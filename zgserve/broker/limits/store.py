@@ -20,6 +20,30 @@ class BucketState:
     tokens: float  # what is left after this call (negative after a large post-consume)
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """One token bucket to check on admission: refill at ``rate``/s up to ``burst``, need, take."""
+
+    key: str
+    rate: float
+    burst: float
+    need: float
+    take: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An admission's outcome: the state of each bucket checked, in order (the checks stop at
+    the first refusal), and the concurrency key that was full (None: every slot is held)."""
+
+    buckets: list[BucketState]
+    full: str | None
+
+    @property
+    def admitted(self) -> bool:
+        return all(b.allowed for b in self.buckets) and self.full is None
+
+
 class LimitStore(Protocol):
     async def bucket(self, key: str, rate: float, burst: float, need: float, take: float) -> BucketState:
         """Refill ``key`` at ``rate``/s up to ``burst``; if it holds ``need``, take ``take`` out."""
@@ -27,6 +51,10 @@ class LimitStore(Protocol):
 
     async def acquire(self, slots: list[tuple[str, int]], lease: str) -> str | None:
         """Hold ``lease`` in every ``(key, limit)`` at once, or in none; the full key, or None."""
+        ...
+
+    async def admit(self, buckets: list[Bucket], slots: list[tuple[str, int]], lease: str) -> Decision:
+        """The buckets in order, then (if all passed) the slots: one step, one round trip."""
         ...
 
     async def release(self, keys: list[str], lease: str) -> None: ...
@@ -63,6 +91,14 @@ class LocalStore:
         for key, _ in slots:
             self._slots[key] = self._slots.get(key, 0) + 1
         return None
+
+    async def admit(self, buckets: list[Bucket], slots: list[tuple[str, int]], lease: str) -> Decision:
+        states: list[BucketState] = []
+        for b in buckets:
+            states.append(await self.bucket(b.key, b.rate, b.burst, b.need, b.take))
+            if not states[-1].allowed:
+                return Decision(states, None)
+        return Decision(states, await self.acquire(slots, lease) if slots else None)
 
     async def release(self, keys: list[str], lease: str) -> None:
         for key in keys:
