@@ -28,7 +28,8 @@ from zgserve.broker.dashboard import queries
 from zgserve.broker.dashboard.backlog import next_deadline
 from zgserve.broker.dashboard.latency import route_stats
 from zgserve.broker.db import repo
-from zgserve.broker.routes.admin import load_users, require_admin
+from zgserve.broker.routes.admin import load_users
+from zgserve.broker.routes.admin_access import require_admin
 from zgserve.broker.routes.params import MAX_OFFSET, query_int
 from zgserve.broker.settlement import queries as settlement_queries
 from zgserve.broker.settlement.config import SettlementConfig

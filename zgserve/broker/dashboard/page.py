@@ -1,7 +1,7 @@
 """The dashboard's page and scripts, shipped with the package: nothing is fetched from elsewhere.
 
 The page holds no data: its script reads everything from the admin API. It is
-served under the admin API's rules (:func:`~zgserve.broker.routes.admin.require_admin_page`)
+served under the admin API's rules (:func:`~zgserve.broker.routes.admin_access.require_admin_page`)
 with headers that keep other sites out: a Content-Security-Policy allowing only this
 origin's scripts and its own inline styles (by hash), no framing, no CORS, no caching
 of the page, and ``Cross-Origin-Resource-Policy`` on every file.
@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from zgserve.broker.routes.admin import require_admin_page
+from zgserve.broker.routes.admin_access import require_admin_page
 from zgserve.common.errors import NotFound
 
 PAGE = "index.html"

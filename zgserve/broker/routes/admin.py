@@ -1,27 +1,15 @@
 """The provider's admin API (as in the official docs): service, settlement, users, requests.
 
-Reachable from loopback only, unless ``admin.token`` is configured: then every
-admin call needs ``Authorization: Bearer <token>``, from any address. The peer
-address is the socket's, never a forwarded header; behind a reverse proxy on the
-same host, configure a token.
-
-A browser on the provider's own machine is on loopback too, so without a token
-the admin API also refuses what a web page could send it: state-changing calls
-need ``Content-Type: application/json`` (a cross-site simple request cannot set
-it, and the preflight it would need gets no CORS headers), requests a browser
-marks as cross-site (``Sec-Fetch-Site``) are refused, and the ``Host`` must be
-a loopback name or the serving URL's host (DNS rebinding gives another name).
+Who may call it is decided in :mod:`zgserve.broker.routes.admin_access` (loopback or the
+admin token, never another site), shared with the settlement routes and the dashboard.
 """
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import logging
 import re
 from dataclasses import dataclass, replace
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
@@ -31,7 +19,7 @@ from starlette.routing import Route
 from zgserve.broker import registration
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.db import repo
-from zgserve.broker.errors import AdminForbidden, JsonContentTypeRequired
+from zgserve.broker.routes.admin_access import require_admin
 from zgserve.broker.routes.params import (
     MAX_OFFSET,
     parse_address,
@@ -49,76 +37,9 @@ from zgserve.common import money
 from zgserve.common.errors import BadRequest, Conflict, NotFound
 
 logger = logging.getLogger(__name__)
-_LOOPBACK = ("127.", "::1", "::ffff:127.")
-_SAFE_METHODS = ("GET", "HEAD")
 _AMOUNT = re.compile(r"[0-9]{1,78}")
 MAX_UINT256 = 2**256 - 1
 MAX_SETTLE_USERS = 10_000
-
-
-def _core(request: Request) -> BrokerCore:
-    core: BrokerCore = request.app.state.core
-    return core
-
-
-def refuse_cross_site(request: Request) -> BrokerCore:
-    """The core, unless a browser says another site (or origin) made this request."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        raise AdminForbidden("the admin API refuses requests a browser made from another site")
-    return _core(request)
-
-
-def require_admin(request: Request) -> BrokerCore:
-    """The core, if this request may use the admin API; :class:`AdminForbidden` (403) otherwise."""
-    core = refuse_cross_site(request)
-    token = core.settings.admin.token
-    if token is not None:
-        given = request.headers.get("authorization", "")
-        expected = "Bearer " + token.get_secret_value()
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise AdminForbidden("the admin API needs 'Authorization: Bearer <admin token>'")
-        return core
-    host = request.client.host if request.client else ""
-    if not host.startswith(_LOOPBACK):
-        raise AdminForbidden("the admin API is served to loopback only (configure admin.token to open it)")
-    if not _local_host_header(request.headers.get("host"), core.settings.serving_url):
-        raise AdminForbidden("the admin API answers to loopback host names only (configure admin.token)")
-    if request.method not in _SAFE_METHODS and not _is_json(request.headers.get("content-type")):
-        raise JsonContentTypeRequired("admin calls that change state need 'Content-Type: application/json'")
-    return core
-
-
-def require_admin_page(request: Request) -> BrokerCore:
-    """The admin rules for the dashboard's page and scripts, which hold no data.
-
-    With an admin token a browser cannot send it on a navigation, so the page is served
-    without it (never to another site) and its script then sends the token with every
-    call. Without a token, the page follows the admin API's loopback rules exactly.
-    """
-    core = refuse_cross_site(request)
-    if core.settings.admin.token is None:
-        require_admin(request)
-    return core
-
-
-def _is_json(content_type: str | None) -> bool:
-    return (content_type or "").partition(";")[0].strip().lower() == "application/json"
-
-
-def _local_host_header(value: str | None, serving_url: str) -> bool:
-    """True for no Host, a loopback name or address, or the serving URL's own host."""
-    if not value:
-        return True
-    try:
-        name = urlsplit("//" + value).hostname or ""
-    except ValueError:
-        return False
-    if name in ("localhost", (urlsplit(serving_url).hostname or "").lower()):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 async def _json(request: Request, core: BrokerCore) -> Any:

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from zgserve.broker.core import BrokerCore
-from zgserve.broker.routes.admin import require_admin
+from zgserve.broker.routes.admin_access import require_admin
 from zgserve.broker.routes.params import MAX_OFFSET, parse_uint, query_address, query_int, query_text
 from zgserve.broker.routes.user import authenticate_owner
 from zgserve.broker.settlement import queries
