@@ -86,10 +86,10 @@ def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_compose_config_validates_and_has_the_stack(compose_cmd: list[str], tmp_path: Path) -> None:
     full = _config(compose_cmd, tmp_path, "monitoring")
     services = full["services"]
-    assert set(services) == {"postgres", "service", *BROKERS, "lb", "prometheus", "grafana"}
+    assert set(services) == {"postgres", "redis", "service", *BROKERS, "lb", "prometheus", "grafana"}
     # `up -d` without a profile starts these; monitoring is opt-in.
     default = {name for name, s in services.items() if not s.get("profiles")}
-    assert default == {"postgres", "service", *BROKERS, "lb"}
+    assert default == {"postgres", "redis", "service", *BROKERS, "lb"}
     for name, service in services.items():
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
         assert service.get("restart") == "unless-stopped", name
@@ -105,7 +105,13 @@ def test_compose_config_validates_and_has_the_stack(compose_cmd: list[str], tmp_
         assert _mounts(broker)["/var/lib/zgserve"]["source"] == "broker-state"  # one settlement key
         assert broker["depends_on"]["postgres"]["condition"] == "service_healthy"
         assert broker["depends_on"]["service"]["condition"] == "service_healthy"
+        assert broker["depends_on"]["redis"]["condition"] == "service_healthy"
         assert "ports" not in broker  # reached through the load balancer only
+    # Limits counted once for all replicas: every replica on the one Redis, kept internal.
+    redis_urls = {services[n]["environment"]["ZGSERVE_BROKER__LIMITS__REDISURL"] for n in BROKERS}
+    assert redis_urls == {"redis://redis:6379/0"}
+    assert services["redis"]["image"].startswith("redis:")
+    assert "ports" not in services["redis"]
     # Every replica on the one database; only the first writes the registration on chain.
     assert len({services[n]["environment"]["ZGSERVE_BROKER__DATABASE__URL"] for n in BROKERS}) == 1
     registering = [
