@@ -1,8 +1,8 @@
 """What the limits cost per request: the in-process store against Redis (127.0.0.1:6379).
 
 One admission = ``Limiter.admit`` (requests per minute, tokens per minute, concurrency in all
-and per user: every check on) + ``consume_tokens`` + ``release``, as every charged request
-does. Printed: CPU (this process's utime + stime) and wall time per request, sequential and
+and per user: every check on) + ``Limiter.end`` (the answer's tokens, the slots back), as every
+charged request does. Printed: CPU (this process's utime + stime) and wall time per request, sequential and
 with 32 concurrent requests, both stores in the same run.
 
     .venv/bin/python bench/limits.py [--n 3000]
@@ -47,8 +47,7 @@ async def _measure(limiter: Limiter, n: int, concurrency: int) -> tuple[float, f
     async def one(i: int) -> None:
         user = f"0x{i % 50:040x}"
         admission = await limiter.admit(user)
-        await limiter.consume_tokens(user, 20)
-        await admission.release()
+        await limiter.end(admission, user, 20)
 
     started, cpu = time.perf_counter(), _cpu()
     for batch in range(n // concurrency):

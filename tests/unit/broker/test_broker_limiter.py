@@ -73,10 +73,15 @@ async def test_tokens_per_minute_and_whitelist(make: Any) -> None:
         perUserRPM=0, perUserTPM=600, perUserTPMBurst=100, maxPerUserConcurrent=1, whitelist=[WHITE]
     )
     first = await limiter.admit("0xa")
-    await limiter.consume_tokens("0xa", 250)  # one large answer drives the bucket negative
-    await first.release()
+    await limiter.end(first, "0xa", 250)  # one large answer drives the bucket negative
+    second = await limiter.admit("0xb")  # ... and its slot is back: the one per user is free
+    await limiter.consume_tokens("0xb", 1)
+    await second.release()
     with pytest.raises(RateLimited, match=r"token rate limit exceeded: wait 16 s \(limit: 600 tokens/min\)"):
         await limiter.admit("0xa")
+    again = await limiter.admit("0xb")
+    await limiter.end(again, "0xb", 0)
+    await limiter.end(again, "0xb", 0)  # twice: nothing more happens
     # Whitelisted: no per-user limits at all, not even the per-user slot.
     held = [await limiter.admit(WHITE.lower()) for _ in range(3)]
     assert all(h.headers == [] for h in held)

@@ -119,6 +119,17 @@ class Limiter:
             )
         return Admission(self.store, [k for k, _ in slots], lease, headers)
 
+    async def end(self, admission: Admission, user: str, tokens: int) -> None:
+        """A request is over: its slots back and its tokens counted, in one step of the store.
+
+        Never raises: the answer is out already; slots not released lapse by their lease time.
+        """
+        bucket = None
+        if self._tpm and tokens > 0 and user not in self.whitelist:
+            bucket = Bucket(f"tpm:{user}", self._tpm / 60, self._tpm_burst, ALWAYS, tokens)
+        keys, admission._keys = admission._keys, []
+        await self.store.finish(bucket, keys, admission._lease)
+
     async def consume_tokens(self, user: str, tokens: int) -> None:
         """The answer's tokens, taken after the fact (the bucket may go negative)."""
         if self._tpm and tokens > 0 and user not in self.whitelist:

@@ -100,6 +100,26 @@ end
 out[#out + 1] = 0
 return out
 """
+# A request's end in one round trip: KEYS are the bucket (when ARGV[1] is 1), then the slot
+# sets; ARGV: 1/0, rate, burst, take, the lease. The bucket is charged whatever it holds.
+_FINISH = """
+local nb = tonumber(ARGV[1])
+if nb == 1 then
+  local rate, burst, take = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local v = redis.call('HMGET', KEYS[1], 'tok', 'ts')
+  local tok = tonumber(v[1]) or burst
+  local ts = tonumber(v[2]) or now
+  tok = math.min(burst, tok + (now - ts) * rate) - take
+  redis.call('HSET', KEYS[1], 'tok', tostring(tok), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tok) / rate * 1000) + 1000)
+end
+for j = nb + 1, #KEYS do
+  redis.call('ZREM', KEYS[j], ARGV[5])
+end
+return 0
+"""
 # KEYS: slot sets; ARGV: ttl ms, then the lease held in each key (renewed only if still there).
 _RENEW = """
 local t = redis.call('TIME')
@@ -135,6 +155,7 @@ class RedisStore:
         self._acquire = self._client.register_script(_ACQUIRE)
         self._renew = self._client.register_script(_RENEW)
         self._admit = self._client.register_script(_ADMIT)
+        self._finish = self._client.register_script(_FINISH)
         self._held: dict[str, list[str]] = {}  # lease -> its keys, renewed until released
         self._renewer: asyncio.Task[None] | None = None
 
@@ -177,6 +198,20 @@ class RedisStore:
         if full == 0 and slots:
             self._held[lease] = keys[len(buckets) :]
         return Decision(states, None)
+
+    async def finish(self, bucket: Bucket | None, keys: list[str], lease: str) -> None:
+        held = self._held.pop(lease, None) or []
+        if bucket is None and not held:
+            return
+        bucket_keys = [] if bucket is None else [self._prefix + bucket.key]
+        args: list[Any] = [0, 0, 0, 0, lease]
+        if bucket is not None:
+            args = [1, repr(bucket.rate), repr(bucket.burst), repr(bucket.take), lease]
+        try:
+            await self._finish(keys=bucket_keys + held, args=args)
+        except RedisError as exc:
+            # The answer is out: its slots lapse within the lease time; its tokens go uncounted.
+            logger.warning("cannot end a request's limits (%s); its slots lapse", type(exc).__name__)
 
     async def release(self, keys: list[str], lease: str) -> None:
         held = self._held.pop(lease, None)

@@ -59,6 +59,10 @@ class LimitStore(Protocol):
 
     async def release(self, keys: list[str], lease: str) -> None: ...
 
+    async def finish(self, bucket: Bucket | None, keys: list[str], lease: str) -> None:
+        """A request's end in one step: ``bucket`` charged unconditionally, the slots released."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -99,6 +103,11 @@ class LocalStore:
             if not states[-1].allowed:
                 return Decision(states, None)
         return Decision(states, await self.acquire(slots, lease) if slots else None)
+
+    async def finish(self, bucket: Bucket | None, keys: list[str], lease: str) -> None:
+        if bucket is not None:
+            await self.bucket(bucket.key, bucket.rate, bucket.burst, bucket.need, bucket.take)
+        await self.release(keys, lease)
 
     async def release(self, keys: list[str], lease: str) -> None:
         for key in keys:
