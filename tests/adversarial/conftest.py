@@ -373,11 +373,13 @@ async def start_stack(
     prices: tuple[int, int],
     balances: list[int],
     billing: dict[str, Any] | None = None,
+    models: list[dict[str, Any]] | None = None,
 ) -> Stack:
     provider = await devnet.new_account()
     port = free_port()
     spec: dict[str, Any] = {
         "fake": fake,
+        "media": models is not None,
         "port": port,
         "log": str(workdir / "stack.log"),
         "backend_log": str(workdir / "backend.log"),
@@ -401,6 +403,8 @@ async def start_stack(
             "limits": {"maxGlobalConcurrent": 0, "maxPerUserConcurrent": 0, "perUserRPM": 0},
         },
     }
+    if models is not None:
+        spec["broker"]["models"] = models  # "targetUrl": "@media" is the media backend's service
     stack = Stack(name=name, workdir=workdir, spec=spec, provider=provider, tally=tally)
     stack.launch()
     owner = devnet.chain.inference(devnet.owner_wallet())
@@ -457,6 +461,44 @@ async def llama_stack(
         # user 0: the burst (1 0G: a hundred completion tokens); user 1: disconnects.
         balances=[OG, 2 * OG],
         billing={"maxOutputTokens": LLAMA_OUTPUT_LIMIT},
+    )
+    try:
+        yield stack
+    finally:
+        stack.stop()
+        stack.scan_log()
+
+
+# Media models of the media stack (neuron per image, per audio second).
+MEDIA_PRICES = {"image": 10**15, "stt": 10**14, "tts": 2 * 10**14}
+MEDIA_MODELS: list[dict[str, Any]] = [
+    {"id": "fake-model", "inputPrice": FAKE_PRICES[0], "outputPrice": FAKE_PRICES[1]},
+    {"id": "painter", "type": "text-to-image", "inputPrice": 0, "outputPrice": MEDIA_PRICES["image"],
+     "targetUrl": "@media", "sizeMultipliers": {"64x64": "1.5"}},
+    {"id": "editor", "type": "image-editing", "inputPrice": 0, "outputPrice": MEDIA_PRICES["image"],
+     "targetUrl": "@media"},
+    {"id": "ears", "type": "speech-to-text", "inputPrice": MEDIA_PRICES["stt"], "outputPrice": 0,
+     "targetUrl": "@media"},
+    {"id": "voice", "type": "text-to-speech", "inputPrice": 0, "outputPrice": MEDIA_PRICES["tts"],
+     "targetUrl": "@media", "maxAudioSeconds": 20},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+async def media_stack(
+    devnet: Devnet, deployment_file: Path, tmp_path_factory: pytest.TempPathFactory, tally: Tally
+) -> AsyncIterator[Stack]:
+    stack = await start_stack(
+        "media",
+        devnet,
+        deployment_file,
+        tmp_path_factory.mktemp("adversarial-media"),
+        tally,
+        fake=True,
+        model="fake-model",
+        prices=FAKE_PRICES,
+        balances=[5 * OG, 5 * OG],
+        models=MEDIA_MODELS,
     )
     try:
         yield stack

@@ -65,6 +65,25 @@ async def _server(config: uvicorn.Config) -> Any:
         await task
 
 
+@contextlib.asynccontextmanager
+async def _media_service(spec: dict[str, Any]) -> Any:
+    from tests.fakes.media_backend import MediaBackend
+
+    async with MediaBackend() as backend:
+        port = free_port()
+        settings = load_service_settings(
+            target_url=backend.url,
+            tee="simulated",
+            gpu_evidence="off",
+            store_path=Path(spec["service_store"]).with_suffix(".media.sqlite3"),
+            store_flush_interval_s=0.01,
+            port=port,
+        )
+        config = uvicorn_config(create_service(settings), "127.0.0.1", port, loop="none", log_config=None)
+        async with _server(config):
+            yield f"http://127.0.0.1:{port}"
+
+
 async def run(spec: dict[str, Any]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +110,15 @@ async def run(spec: dict[str, Any]) -> None:
         service_url = f"http://127.0.0.1:{service_port}"
         await wait_http(service_url + "/health", 240, 200)
 
-        settings = load_broker_settings(None, **spec["broker"], targetUrl=service_url + "/v1")
+        broker = dict(spec["broker"])
+        if spec.get("media"):
+            # Media models: the media backend (espeak-ng speech, stand-ins) behind a service of its own.
+            media_url = await stack.enter_async_context(_media_service(spec))
+            broker["models"] = [
+                {**m, "targetUrl": media_url + "/v1"} if m.get("targetUrl") == "@media" else m
+                for m in broker.get("models", [])
+            ]
+        settings = load_broker_settings(None, **broker, targetUrl=service_url + "/v1")
         broker_config = uvicorn.Config(
             create_broker(settings),
             host="127.0.0.1",

@@ -18,6 +18,9 @@ stream request with plain JSON), ``as_asked`` (cut the words at ``max_tokens`` a
 with the request's ``model``, as a real backend does), ``cached_tokens`` (reported in
 ``usage.prompt_tokens_details``, as vLLM and llama.cpp do for a reused prompt prefix).
 
+``POST /v1/embeddings`` answers four numbers per input, with the inputs' words as
+``usage.prompt_tokens``.
+
 Server-wide: ``stream_usage`` (honour ``stream_options.include_usage``; False acts
 like llama.cpp), ``tokenize`` (serve the vLLM-style ``/tokenize``).
 
@@ -117,6 +120,7 @@ class FakeOpenAIBackend:
         app.router.add_post("/v1/chat/completions", self._completion)
         app.router.add_post("/v1/completions", self._completion)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/embeddings", self._embeddings)
         if self.tokenize:
             app.router.add_post("/tokenize", self._tokenize)
         return app
@@ -145,6 +149,22 @@ class FakeOpenAIBackend:
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "fake"}]}
+        )
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        """Four numbers per input; ``usage.prompt_tokens`` is the inputs' words (a token list: its length)."""
+        body = await request.json()
+        items = body.get("input") if isinstance(body.get("input"), list) else [body.get("input")]
+        if items and all(isinstance(t, int) for t in items):
+            items = [items]
+        tokens = sum(len(i) if isinstance(i, list) else count_words(str(i)) for i in items)
+        data = [
+            {"object": "embedding", "index": n, "embedding": [0.5, -0.25, 0.125, n]}
+            for n in range(len(items))
+        ]
+        usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+        return web.json_response(
+            {"object": "list", "data": data, "model": body.get("model", MODEL), "usage": usage}
         )
 
     async def _tokenize(self, request: web.Request) -> web.Response:

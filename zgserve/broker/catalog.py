@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from zgserve.common.errors import NotFound
@@ -40,10 +42,19 @@ class CatalogModel:
     context_length: int | None = None
     canonical_id: str | None = None
     model_info: Mapping[str, Any] = field(default_factory=dict)
+    # Images: the price of one image is ``output_price`` times the size's multiplier (1 if unlisted).
+    size_multipliers: Mapping[str, Fraction] = field(default_factory=dict)
+    max_audio_seconds: int = 600  # text-to-speech: the most seconds reserved for one answer
 
     @property
     def is_wildcard(self) -> bool:
         return self.id == WILDCARD
+
+    def size_multiplier(self, size: str | None) -> Fraction:
+        """The price multiplier of an image size (case and spaces ignored; 1 when not listed)."""
+        if size is None:
+            return Fraction(1)
+        return self.size_multipliers.get(size.strip().lower(), Fraction(1))
 
 
 class Catalog:
@@ -106,7 +117,7 @@ class Catalog:
         )
 
 
-def _model(entry: ModelSettings) -> CatalogModel:
+def _model(entry: ModelSettings, default_type: str) -> CatalogModel:
     tiers = tuple(
         Tier(
             t.max_input_tokens,
@@ -125,17 +136,19 @@ def _model(entry: ModelSettings) -> CatalogModel:
         aliases=tuple(entry.aliases),
         target_url=entry.target_url,
         max_output_tokens=entry.max_output_tokens,
-        service_type=entry.type,
+        service_type=entry.type or default_type,
         context_length=entry.context_length,
         canonical_id=entry.canonical_id,
         model_info=dict(entry.model_info),
+        size_multipliers={k: Fraction(Decimal(v)) for k, v in entry.size_multipliers.items()},
+        max_audio_seconds=entry.max_audio_seconds,
     )
 
 
 def catalog_from_settings(settings: BrokerSettings) -> Catalog:
     """The catalog of ``models``, or the single ``model`` at ``inputPrice``/``outputPrice``."""
     if settings.models:
-        return Catalog([_model(m) for m in settings.models])
+        return Catalog([_model(m, settings.registration.service_type) for m in settings.models])
     single = CatalogModel(
         id=settings.model,
         pricing=Pricing.flat(settings.input_price, settings.output_price),

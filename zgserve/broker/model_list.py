@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 from zgserve.broker.catalog import Catalog, CatalogModel
@@ -54,6 +56,42 @@ def _info(info: Mapping[str, Any], key: str) -> Any:
     return info.get(key, info.get(_camel(key)))
 
 
+# The request fields each media type takes (what :mod:`zgserve.common.media` accepts).
+MEDIA_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "embedding": ("input", "encoding_format", "dimensions", "user"),
+    "text-to-image": ("prompt", "n", "size", "quality", "style", "response_format", "user"),
+    "image-editing": ("image", "mask", "prompt", "n", "size", "response_format", "user"),
+    "speech-to-text": ("file", "language", "prompt", "response_format", "temperature"),
+    "text-to-speech": ("input", "voice", "response_format", "speed", "instructions"),
+}
+
+
+def media_pricing(model: CatalogModel) -> dict[str, Any]:
+    """``pricing``: per token as for chat; images add ``image`` (neuron per image at
+    multiplier 1) and ``image_size_multipliers``; audio models add ``audio_second`` (neuron per
+    second of the upload for speech-to-text, of the answer for text-to-speech)."""
+    out = pricing_json(model.pricing)
+    kind = model.service_type
+    if kind in ("text-to-image", "image-editing"):
+        out["image"] = str(model.pricing.output_price)
+        if model.size_multipliers:
+            out["image_size_multipliers"] = {
+                size: _decimal(m) for size, m in sorted(model.size_multipliers.items())
+            }
+    elif kind == "speech-to-text":
+        out["audio_second"] = str(model.pricing.input_price)
+    elif kind == "text-to-speech":
+        out["audio_second"] = str(model.pricing.output_price)
+        out["max_audio_seconds"] = model.max_audio_seconds
+    return out
+
+
+def _decimal(value: Fraction) -> str:
+    """A multiplier as configured (exact decimals only reach here: they came from decimal strings)."""
+    text = format(Decimal(value.numerator) / Decimal(value.denominator), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def model_object(model: CatalogModel, ctx: ListingContext) -> dict[str, Any]:
     """One ``ProviderModelInfo``."""
     info = model.model_info
@@ -70,10 +108,11 @@ def model_object(model: CatalogModel, ctx: ListingContext) -> dict[str, Any]:
         if value not in (None, "", [], {}):
             obj[key] = value
     configured = _info(info, "supported_parameters")
+    default_parameters = MEDIA_PARAMETERS.get(model.service_type, SUPPORTED_CHAT_PARAMETERS)
     obj["supported_parameters"] = (
-        list(configured) if isinstance(configured, list) and configured else list(SUPPORTED_CHAT_PARAMETERS)
+        list(configured) if isinstance(configured, list) and configured else list(default_parameters)
     )
-    obj["pricing"] = pricing_json(model.pricing)
+    obj["pricing"] = media_pricing(model)
     obj["verifiability"] = ctx.verifiability
     obj["tee_attested"] = ctx.tee_attested
     if ctx.tee_verifier:

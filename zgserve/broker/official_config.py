@@ -333,6 +333,12 @@ class _Translator:
         entry.pop("cacheTokenBilling", None)
         if own_cache or cache:
             model["cacheTokenBilling"] = own_cache or cache
+        billing = entry.pop("billing", None)
+        if isinstance(billing, dict):
+            # per_image: the official float multipliers, kept as the decimals they were written as.
+            multipliers = billing.get("resolutionMultipliers") or {}
+            if isinstance(multipliers, dict) and multipliers:
+                model["sizeMultipliers"] = {str(k): str(v) for k, v in multipliers.items()}
         info = entry.pop("modelInfo", None) or shared_info
         if isinstance(info, dict):
             model["modelInfo"] = info

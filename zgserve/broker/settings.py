@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,6 +78,9 @@ class ServerSettings(_Section):
     host: str = "0.0.0.0"
     port: int = 3080
     max_body_bytes: int = Field(default=1 << 20, gt=0)
+    max_upload_bytes: int = Field(
+        default=16 << 20, gt=0, description="the most bytes of one upload (audio, images to edit)"
+    )
     allow_origins: list[str] = Field(default_factory=lambda: ["*"])
 
 
@@ -217,7 +221,9 @@ class LimitsSettings(_Section):
 
 class RegistrationSettings(_Section):
     enabled: bool = True
-    service_type: Literal["chatbot", "text-to-image", "image-editing", "speech-to-text"] = "chatbot"
+    service_type: Literal["chatbot", "text-to-image", "image-editing", "speech-to-text", "text-to-speech"] = (
+        "chatbot"
+    )
     verifiability: str = "TeeML"
     stake: int = DEFAULT_STAKE
     additional_info: dict[str, Any] = Field(default_factory=dict, description="extra keys for additionalInfo")
@@ -312,12 +318,31 @@ class ModelSettings(_Section):
         default=None, description="its own verifiable service (default: targetUrl)"
     )
     max_output_tokens: int | None = Field(default=None, gt=0)
-    type: str = "chatbot"
+    type: str | None = Field(default=None, description="its service type (default: registration.serviceType)")
     context_length: int | None = Field(default=None, gt=0)
     canonical_id: str | None = None
     tiered_pricing: list[TierSettings] = Field(default_factory=list)
     cache_token_billing: CacheBillingSettings | None = None
     model_info: dict[str, Any] = Field(default_factory=dict)
+    size_multipliers: dict[str, str] = Field(
+        default_factory=dict,
+        description="images: price multiplier per size (e.g. {'1024x1024': '1.5'}), decimal strings",
+    )
+    max_audio_seconds: int = Field(
+        default=600, gt=0, le=86_400, description="text-to-speech: the most seconds reserved for one answer"
+    )
+
+    @field_validator("size_multipliers")
+    @classmethod
+    def _check_multipliers(cls, value: dict[str, str]) -> dict[str, str]:
+        for size, text in value.items():
+            try:
+                number = Decimal(text)
+            except (InvalidOperation, TypeError):
+                raise ValueError(f"the multiplier of {size!r} must be a decimal string") from None
+            if not number.is_finite() or number <= 0 or number > 1000:
+                raise ValueError(f"the multiplier of {size!r} must be above 0 and at most 1000")
+        return {size.strip().lower(): text for size, text in value.items()}
 
     @field_validator("input_price", "output_price", mode="before")
     @classmethod

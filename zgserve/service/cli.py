@@ -59,12 +59,20 @@ def model(
     ),
     n_ctx: int = typer.Option(2048),
     n_threads: int = typer.Option(2),
+    alias: str | None = typer.Option(None, "--alias", help="The model name it answers to."),
+    embedding: bool = typer.Option(
+        False, "--embedding", help="Serve mean-pooled /v1/embeddings instead of completions."
+    ),
 ) -> None:
     from zgserve.service.llama_server import main
 
     args = ["--host", host, "--port", str(port), "--n-ctx", str(n_ctx), "--n-threads", str(n_threads)]
     if model_path is not None:
         args += ["--model", str(model_path)]
+    if alias is not None:
+        args += ["--alias", alias]
+    if embedding:
+        args.append("--embedding")
     main(args)
 
 

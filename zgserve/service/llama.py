@@ -68,6 +68,7 @@ class LlamaConfig:
     max_restarts_per_window: int = 5
     restart_delay_s: float = 1.0
     max_backoff_s: float = 30.0
+    embedding: bool = False  # serve ``/v1/embeddings`` (mean-pooled) instead of completions
 
     @classmethod
     def from_settings(cls, settings: Any) -> LlamaConfig:
@@ -121,6 +122,7 @@ class LlamaServer:
             str(self.config.n_ctx),
             "--n-threads",
             str(self.config.n_threads),
+            *(["--embedding"] if self.config.embedding else []),
         ]
 
     async def start(self) -> None:

@@ -93,6 +93,69 @@ def build_app(
     return app
 
 
+def build_embedding_app(model_path: str, alias: str, *, n_ctx: int = 2048, n_threads: int = 2) -> Any:
+    """An OpenAI ``/v1/embeddings`` server over one llama.cpp model, mean-pooled.
+
+    llama-cpp-python's own server cannot choose the pooling (a model without a pooling type
+    in its GGUF, like SmolLM2, answers one vector per token) and swaps models in one process,
+    so embeddings run in a process of their own. ``usage.prompt_tokens`` is llama.cpp's count.
+    """
+    import asyncio
+
+    import llama_cpp
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    llama = llama_cpp.Llama(
+        model_path,
+        embedding=True,
+        pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+        n_ctx=n_ctx,
+        n_threads=n_threads,
+        n_threads_batch=n_threads,
+        verbose=False,
+    )
+    lock = asyncio.Lock()  # one llama.cpp context: one request at a time
+
+    def error(message: str, status: int = 400) -> JSONResponse:
+        kind = "invalid_request_error" if status < 500 else "server_error"
+        return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
+
+    async def embeddings(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+        except ValueError:
+            return error("expected a JSON object")
+        if not isinstance(body, dict) or body.get("input") in (None, "", []):
+            return error("'input' is required")
+        texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        if texts and all(isinstance(t, int) for t in texts):
+            texts = [texts]
+        inputs: list[str] = []
+        for item in texts:
+            if isinstance(item, list):  # token ids: detokenized, then embedded as text
+                item = llama.detokenize([int(t) for t in item]).decode("utf-8", "replace")
+            if not isinstance(item, str):
+                return error("'input' items must be strings or token lists")
+            inputs.append(item)
+        async with lock:
+            try:
+                result = await asyncio.to_thread(llama.create_embedding, inputs, model=alias)
+            except ValueError as exc:  # e.g. an input longer than the context
+                return error(str(exc))
+        return JSONResponse(dict(result))
+
+    async def models(request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": alias, "object": "model", "owned_by": "me"}]})
+
+    return Starlette(
+        routes=[
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     from zgserve.service.llama import DEFAULT_ALIAS, smollm2_model_path
 
@@ -103,11 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--n-ctx", type=int, default=2048)
     parser.add_argument("--n-threads", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--embedding", action="store_true", help="serve /v1/embeddings only")
     args = parser.parse_args(argv)
     model = args.model or str(smollm2_model_path())
-    app = build_app(
-        model, args.alias, n_ctx=args.n_ctx, n_threads=args.n_threads, host=args.host, port=args.port
-    )
+    if args.embedding:
+        app = build_embedding_app(model, args.alias, n_ctx=args.n_ctx, n_threads=args.n_threads)
+    else:
+        app = build_app(
+            model, args.alias, n_ctx=args.n_ctx, n_threads=args.n_threads, host=args.host, port=args.port
+        )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
 
 

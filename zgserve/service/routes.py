@@ -20,15 +20,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from zgserve.common.errors import BadRequest, NotFound, PayloadTooLarge, ZgError, error_body
-from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, UPSTREAM_MODEL, parse_count
+from zgserve.common.errors import BadRequest, NotFound, ZgError, error_body
+from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, UPSTREAM_MODEL
 from zgserve.common.paths import RouteNotFound, canonical_path
 from zgserve.common.signing import SIGNING_ALGO, Signer
 from zgserve.service.attestation import AttestationError
+from zgserve.service.media import media_endpoints
 from zgserve.service.outbound import RequestLimits, prepare
 from zgserve.service.params import Kind, ParamPolicy
 from zgserve.service.protocol import Health, SignatureRecord
 from zgserve.service.proxy import RESPONSE_ID, Answer, ProxiedStream, SigningProxy
+from zgserve.service.reading import ClientGone
+from zgserve.service.reading import header as _header
+from zgserve.service.reading import read_body as _read_body
 from zgserve.service.reports import ReportService
 from zgserve.service.store import SignatureStore
 from zgserve.service.upstream import Upstream, backend_error
@@ -41,10 +45,6 @@ _EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key, ZG-Prompt-Tokens")
 _OUTPUT_LIMIT = OUTPUT_LIMIT.encode()
 _UPSTREAM_MODEL = UPSTREAM_MODEL.encode()
 _PROMPT_TOKENS = PROMPT_TOKENS.encode()
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request body arrived."""
 
 
 class AttestationUnavailable(ZgError):
@@ -82,7 +82,7 @@ class CompletionFastPath:
     still mapped by :func:`error_payload`, the same function Starlette's handler uses.
     """
 
-    def __init__(self, app: ASGIApp, endpoints: dict[str, CompletionEndpoint]) -> None:
+    def __init__(self, app: ASGIApp, endpoints: dict[str, ASGIApp]) -> None:
         self.app = app
         self.endpoints = endpoints
 
@@ -128,36 +128,6 @@ class ServiceRuntime:
     policy: ParamPolicy = field(default_factory=ParamPolicy)
     limits: RequestLimits = field(default_factory=RequestLimits)
     retention_s: float = 24 * 3600
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    length = _header(scope, b"content-length")
-    if length is not None:
-        declared = parse_count(length)
-        if declared is None:
-            raise BadRequest("Content-Length is not a number")
-        if declared > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _send_answer(send: Send, answer: Answer) -> None:
@@ -256,11 +226,14 @@ def _check_algo(request: Request) -> None:
     _query(request, "signing_algo", _ALGO, f"{SIGNING_ALGO!r} (this service signs with it)")
 
 
-def completion_endpoints(runtime: ServiceRuntime) -> dict[str, CompletionEndpoint]:
-    return {
+def completion_endpoints(runtime: ServiceRuntime) -> dict[str, ASGIApp]:
+    """The raw POST endpoints: completions, then embeddings, images and audio (:mod:`.media`)."""
+    endpoints: dict[str, ASGIApp] = {
         "/v1/chat/completions": CompletionEndpoint(runtime, "/v1/chat/completions", "chat"),
         "/v1/completions": CompletionEndpoint(runtime, "/v1/completions", "completions"),
     }
+    endpoints.update(media_endpoints(runtime))
+    return endpoints
 
 
 def build_routes(runtime: ServiceRuntime) -> list[Route]:

@@ -90,12 +90,12 @@ class Upstream:
             raise RuntimeError("Upstream.start() has not run")
         return self._session
 
-    async def post(self, path: str, body: bytes) -> Response:
-        """POST ``body`` as JSON; the response comes back with its body unread (release it)."""
+    async def post(self, path: str, body: bytes, *, content_type: str = "application/json") -> Response:
+        """POST ``body`` (JSON unless told); the response comes back with its body unread (release it)."""
         if self._pool is None:
             raise RuntimeError("Upstream.start() has not run")
         try:
-            return await self._pool.request("POST", self._prefix + path, body)
+            return await self._pool.request("POST", self._prefix + path, body, content_type)
         except (OSError, TimeoutError) as exc:
             if isinstance(exc, UpstreamTimeout):
                 raise UpstreamError(

@@ -186,7 +186,7 @@ async def test_user_routes_and_admin_guard(start_broker: StartBroker, funded_use
         async with s.get(broker.url + "/v1/proxy/models") as resp:
             assert resp.status == 200  # listing models needs no token
         for headers in ({}, {"Authorization": auth}):
-            async with s.post(broker.url + "/v1/proxy/embeddings", json={"input": "x"}, headers=headers) as r:
+            async with s.post(broker.url + "/v1/proxy/moderate", json={"input": "x"}, headers=headers) as r:
                 assert r.status == 404
                 assert (await r.json())["error"]["code"] == "route_not_found"
         url = f"{broker.url}/v1/user/{user.address}/unsettledfee"

@@ -44,8 +44,13 @@ CHAT_VARIANTS = [
     "/v1/proxy/completions/",
     "/v1/proxy/./completions",
     "/v1/proxy/%2e%2e/proxy/chat/completions",
-    "/v1/proxy/embeddings",
+    "/v1/proxy/moderations",
     "/v1/proxy/health",
+    "/v1/proxy/audio/speech/",
+    "/v1/proxy/audio//transcriptions",
+    "/v1/proxy/images/./edits",
+    "/v1/proxy/Images/Generations",
+    "/v1/proxy/embeddings%2f",
 ]
 # Anonymous routes must not lead anywhere else on the service.
 ANONYMOUS_ESCAPES = [

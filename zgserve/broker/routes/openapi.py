@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from zgserve.broker.routes.openapi_media import MEDIA_MODELS, media_paths
+
 OPENAPI_VERSION = "3.1.0"
 _REF = "#/components/schemas/{model}"
 _ADDRESS = r"^0x[0-9a-fA-F]{40}$"
@@ -97,6 +99,7 @@ _MODELS: tuple[type[BaseModel], ...] = (
     CompletionRequest,
     Health,
     UnsettledFee,
+    *MEDIA_MODELS,
 )
 
 
@@ -220,6 +223,7 @@ def _paths() -> dict[str, Any]:
     return {
         "/v1/proxy/chat/completions": _completion(ChatCompletionRequest, "A billed chat completion"),
         "/v1/proxy/completions": _completion(CompletionRequest, "A billed legacy completion"),
+        **media_paths(),
         "/v1/proxy/models": _get("The service's models", _ANY_OBJECT),
         "/v1/proxy/attestation/report": _get(
             "The service's attestation report (binds its signing key)", _ANY_OBJECT

@@ -24,7 +24,7 @@ import contextlib
 import json
 import logging
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
@@ -35,6 +35,8 @@ from zgserve.broker.catalog import CatalogModel
 from zgserve.broker.core import BrokerCore
 from zgserve.broker.errors import InsufficientBalance, RateLimited
 from zgserve.broker.limits import Admission
+from zgserve.broker.media import check_model
+from zgserve.broker.routes.media import MediaProxy
 from zgserve.broker.routes.relay import DROP_RESPONSE, AnswerRelay, Charge, adding_headers
 from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
 from zgserve.broker.shared_admission import SharedReservation
@@ -48,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["PREFIX", "ProxyApp", "send_error"]
 
+_JSON = "application/json"
 _JSON_DEPTH = 64  # deep enough for tool schemas; the parser never sees more
 # Never forwarded upstream: hop-by-hop headers, the user's credentials, and what aiohttp sets itself.
 _DROP_REQUEST = frozenset(
@@ -110,6 +113,7 @@ class ProxyApp(AnswerRelay):
         self._prefix = urlsplit(s.target_url).path.rstrip("/")
         self._in_flight = 0  # requests being served; 1 lets the record commit skip the writer thread
         self._idle = s.limits.idle_seconds or None  # a stream's client may read nothing this long
+        self._media = MediaProxy(self)  # embeddings, images, audio
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         method = scope["method"]
@@ -138,12 +142,14 @@ class ProxyApp(AnswerRelay):
         if exc.status in (401, 402, 403):
             self.core.metrics.rejections.labels(exc.code).inc()
 
-    async def _read_body(self, scope: dict[str, Any], receive: Any) -> bytes:
+    async def _read_body(self, scope: dict[str, Any], receive: Any, limit: int | None = None) -> bytes:
+        """The whole body, up to ``limit`` bytes (default ``server.maxBodyBytes``), else 413."""
+        limit = limit or self._max_body
         for name, value in scope["headers"]:
             # Only plain ASCII digits are a length; anything else is left to the byte count below.
             length = zg_headers.parse_count(value) if name == b"content-length" else None
-            if length is not None and length > self._max_body:
-                raise PayloadTooLarge(f"request body over the limit of {self._max_body} bytes")
+            if length is not None and length > limit:
+                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -152,8 +158,8 @@ class ProxyApp(AnswerRelay):
                 raise ClientGone
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self._max_body:
-                raise PayloadTooLarge(f"request body over the limit of {self._max_body} bytes")
+            if size > limit:
+                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -169,7 +175,10 @@ class ProxyApp(AnswerRelay):
         headers = self._upstream_headers(_headers(scope))
         try:
             upstream = await self.core.http.request(
-                "GET", self._target + resolved.target, headers=headers, allow_redirects=False
+                "GET",
+                self._free_target(scope, resolved) + resolved.target,
+                headers=headers,
+                allow_redirects=False,
             )
         except TimeoutError:
             self.core.metrics.upstream_errors.labels("timeout").inc()
@@ -194,15 +203,35 @@ class ProxyApp(AnswerRelay):
         finally:
             upstream.release()
 
+    def _free_target(self, scope: dict[str, Any], resolved: Resolved) -> str:
+        """The service a free route asks: for a signature or an attestation report, the one of the
+        ``model`` the SDK names in the query (a catalog model may have its own service);
+        otherwise ``targetUrl``."""
+        if not resolved.route.upstream.startswith(("/signature", "/attestation")):
+            return self._target
+        raw: bytes = scope.get("query_string", b"")
+        names = parse_qs(raw.decode("latin-1")).get("model") if raw else None
+        if not names:
+            return self._target
+        try:
+            model = self.core.catalog.resolve(names[0])
+        except ZgError:
+            return self._target
+        return model.target_url or self._target
+
     # ---- charged requests -------------------------------------------------------------------
 
     async def _charged(self, scope: dict[str, Any], receive: Any, send: Any, resolved: Resolved) -> None:
+        if resolved.route.media is not None:
+            await self._media.handle(scope, receive, send, resolved)
+            return
         core = self.core
         auth = await core.auth.authenticate(_headers(scope))
         body = await self._read_body(scope, receive)
         request = jsonsafe.loads_object(body, max_depth=_JSON_DEPTH)
         # The catalog decides the model, its prices and its cap, before anything is reserved.
         model = core.catalog.resolve(request.get("model"))
+        check_model(None, model)
         limit = model.max_output_tokens or self._cap
         cap = output_cap(request, limit, max_choices=self._max_choices)
         # Nothing is generated that could not be recorded: refuse while the fee store is down.
@@ -249,12 +278,11 @@ class ProxyApp(AnswerRelay):
                 await self._end_admission(admission, user, ctx.tokens if ctx is not None else 0)
 
     async def _end_admission(self, admission: Admission, user: str, tokens: int) -> None:
-        """The slot back (always: errors, disconnects), then the answer's tokens counted."""
+        """The slot back (always: errors, disconnects) and the answer's tokens counted."""
         limits = self.core.limits
         assert limits is not None
         try:
-            await admission.release()
-            await limits.consume_tokens(user, tokens)
+            await limits.end(admission, user, tokens)
         except ZgError as exc:
             # The answer is out already; a slot not released lapses by its lease time.
             logger.warning("limits not updated after a request: %s", exc.message)
@@ -268,18 +296,20 @@ class ProxyApp(AnswerRelay):
             account = check_account(auth.token, cached.account)
             return await self.core.guard.reserve(auth.token.user, account, estimate, fresh=True)
 
-    async def _post(self, model: CatalogModel, limit: int, target: str, body: bytes) -> Response:
-        """POST a completion through the model's keep-alive pool (the hot path)."""
+    async def _post(
+        self, model: CatalogModel, limit: int, target: str, body: bytes, content_type: str = _JSON
+    ) -> Response:
+        """POST a request through the model's keep-alive pool (the hot path)."""
         pool, prefix = self.core.upstream, self._prefix
         if model.target_url is not None:
             pool = self.core.model_upstreams.get(model.target_url, pool)
             prefix = urlsplit(model.target_url).path.rstrip("/")
         # The service is told the per-answer limit reserved for, and the backend's model name.
-        headers = {zg_headers.OUTPUT_LIMIT: str(limit)}
+        headers = {zg_headers.OUTPUT_LIMIT: str(limit)} if limit else {}
         if model.upstream_model is not None:
             headers[zg_headers.UPSTREAM_MODEL] = model.upstream_model
         try:
-            return await pool.request("POST", prefix + target, body, "application/json", headers)
+            return await pool.request("POST", prefix + target, body, content_type, headers)
         except UpstreamTimeout:
             self.core.metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamUnavailable("the service did not answer in time", code="upstream_timeout") from None

@@ -40,6 +40,7 @@ DROP_RESPONSE = frozenset(
         "server",
         "date",
         "zg-res-key",
+        "x-0g-fee",  # set by the broker only
         zg_headers.PROMPT_TOKENS,
     }
 )

@@ -4,6 +4,11 @@
 |--------|-------------------------------------|--------|----------------------------------|
 | POST   | ``/chat/completions``               | token  | prompt + output tokens (charged) |
 | POST   | ``/completions``                    | token  | prompt + output tokens (charged) |
+| POST   | ``/embeddings``                     | token  | prompt tokens (charged)          |
+| POST   | ``/images/generations``             | token  | per image × size (charged)       |
+| POST   | ``/images/edits`` (multipart)       | token  | per image × size (charged)       |
+| POST   | ``/audio/transcriptions`` (multip.) | token  | per second of the upload         |
+| POST   | ``/audio/speech``                   | token  | per second of the audio returned |
 | GET    | ``/models``, ``/v1/models``         | none   | free                             |
 | GET    | ``/attestation/report`` (+ ``/v1``) | none   | free                             |
 | GET    | ``/signature/{id}`` (+ ``/v1``)     | none   | free                             |
@@ -15,6 +20,7 @@ segments, empty segments, a trailing slash, a backslash) is refused rather than
 normalised, because whoever normalises it later (the HTTP client, the service's
 router, a redirect) would turn an unbilled path into a billed route. Only the
 query parameters a route knows are forwarded, re-encoded; charged routes take none.
+The billing of the media routes is :mod:`zgserve.broker.media`.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from zgserve.common.errors import BadRequest
+from zgserve.common.media import MediaKind
 from zgserve.common.paths import MethodNotAllowed, RouteNotFound, canonical_path
 
 PREFIX = "/v1/proxy"
@@ -46,6 +53,7 @@ class ProxyRoute:
     billing: Billing
     upstream: str
     query: frozenset[str] = frozenset()
+    media: MediaKind | None = None  # None: chat or completions
 
 
 class UnsupportedQuery(BadRequest):
@@ -61,6 +69,13 @@ _REPORT = ProxyRoute(
 ROUTES: dict[str, ProxyRoute] = {
     "/chat/completions": _CHAT,
     "/completions": _TEXT,
+    "/embeddings": ProxyRoute("POST", Billing.CHARGED, "/embeddings", media="embeddings"),
+    "/images/generations": ProxyRoute("POST", Billing.CHARGED, "/images/generations", media="images"),
+    "/images/edits": ProxyRoute("POST", Billing.CHARGED, "/images/edits", media="image_edits"),
+    "/audio/transcriptions": ProxyRoute(
+        "POST", Billing.CHARGED, "/audio/transcriptions", media="transcriptions"
+    ),
+    "/audio/speech": ProxyRoute("POST", Billing.CHARGED, "/audio/speech", media="speech"),
     "/models": _MODELS,
     "/v1/models": _MODELS,
     "/attestation/report": _REPORT,
