@@ -26,32 +26,13 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadgen import load, spawn  # noqa: E402
-from zgserve.common.net import free_port, wait_http  # noqa: E402
+from bench.loadgen import load, spawn_service  # noqa: E402
 
 
 async def main(seconds: float) -> None:
-    fake_port, service_port = free_port(), free_port()
-    tmp = tempfile.mkdtemp(prefix="zg-bench-")
-    fake = spawn([sys.executable, "-m", "tests.fakes.openai_backend", "--port", str(fake_port)])
-    service = spawn(
-        [
-            str(Path(sys.executable).parent / "zgserve"),
-            "service",
-            "--port",
-            str(service_port),
-            "--tee",
-            "simulated",
-            "--target-url",
-            f"http://127.0.0.1:{fake_port}",
-            "--store-path",
-            f"{tmp}/signatures.sqlite3",
-        ],
-        env={"ZG_SERVICE_GPU_EVIDENCE": "off", "ZG_SERVICE_ALLOWED_PARAMS": '["fake"]'},
-    )
+    tmp = Path(tempfile.mkdtemp(prefix="zg-bench-"))
+    fake, service, backend_url, service_url = await spawn_service(tmp)
     try:
-        await wait_http(f"http://127.0.0.1:{fake_port}/v1/models", 30, 200)
-        await wait_http(f"http://127.0.0.1:{service_port}/health", 60, 200)
         rows = []
         modes = [
             ("non-streamed", False, {"chunks": 20}),
@@ -71,14 +52,14 @@ async def main(seconds: float) -> None:
             ).encode()
             for connections in (1, 32):
                 direct = await load(
-                    f"http://127.0.0.1:{fake_port}/v1/chat/completions",
+                    f"{backend_url}/v1/chat/completions",
                     body,
                     stream=stream,
                     connections=connections,
                     seconds=seconds,
                 )
                 proxied = await load(
-                    f"http://127.0.0.1:{service_port}/v1/chat/completions",
+                    f"{service_url}/v1/chat/completions",
                     body,
                     stream=stream,
                     connections=connections,
