@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import math
 import socket
-import wave
 from typing import Any
 
 from hypothesis import given
@@ -23,6 +21,7 @@ from hypothesis import strategies as st
 from tests.adversarial import rawhttp
 from tests.adversarial.conftest import FAKE_PRICES, MEDIA_PRICES, Stack, Tally
 from tests.adversarial.test_adv_inputs import fuzz, run
+from tests.media_bodies import multipart, wav
 from zgserve.devnet.network import Devnet
 
 PROXY = "/v1/proxy"
@@ -31,24 +30,8 @@ JSON = ("Content-Type", "application/json")
 UPLOAD = ("Content-Type", f"multipart/form-data; boundary={BOUNDARY}")
 
 
-def wav(frames: int, rate: int = 16_000) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x03\x00" * frames)
-    return out.getvalue()
-
-
 def form(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> bytes:
-    out = b""
-    for name, value in fields.items():
-        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-    for name, (filename, data) in files.items():
-        head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n\r\n'
-        out += head.encode() + data + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
+    return multipart(fields, dict(files), BOUNDARY)
 
 
 GOOD_UPLOAD = form({"model": "ears", "language": "en"}, {"file": ("a.wav", wav(8_000))})

@@ -1,8 +1,8 @@
 """A small real backend for the media routes: real speech, stand-ins for images and transcription.
 
-* ``POST /v1/audio/speech``: real text-to-speech with Debian's ``espeak-ng`` (WAV; the
-  OpenAI ``speed`` maps to words per minute). Voice ``broken`` answers bytes that are not
-  audio (a backend fault the broker must not bill).
+* ``POST /v1/audio/speech``: real text-to-speech with Debian's ``espeak-ng``, as the
+  package's own speech server answers it (:mod:`zgserve.stack.speech_server`). Voice
+  ``broken`` answers bytes that are not audio (a backend fault the broker must not bill).
 * ``POST /v1/audio/transcriptions`` (stand-in: no speech recognizer runs here): a JSON
   ``{"text"}`` naming the upload's size, or ``text/plain`` for ``response_format=text``.
 * ``POST /v1/images/generations`` and ``/v1/images/edits`` (stand-in: no image model runs
@@ -14,12 +14,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
 import re
-import shutil
 import struct
 import zlib
 from collections.abc import AsyncIterator
@@ -31,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.asgi import serve
+from zgserve.stack.speech_server import espeak_available, speech_response
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
@@ -69,15 +68,7 @@ class MediaBackend:
         payload = json.loads(await self._keep(request))
         if payload.get("voice") == "broken":
             return Response(b"this is not audio at all", media_type="audio/wav")
-        if payload.get("response_format", "wav") != "wav":
-            return _error("this backend writes wav only")
-        words_per_minute = str(int(175 * float(payload.get("speed", 1.0))))
-        proc = await asyncio.create_subprocess_exec(
-            "espeak-ng", "--stdin", "--stdout", "-s", words_per_minute,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        audio, _ = await proc.communicate(str(payload["input"]).encode())
-        return Response(audio, media_type="audio/wav")
+        return await speech_response(payload)
 
     async def transcriptions(self, request: Request) -> Response:
         await self._keep(request)
@@ -121,7 +112,7 @@ class MediaBackend:
         )
 
     async def __aenter__(self) -> MediaBackend:
-        if shutil.which("espeak-ng") is None:
+        if not espeak_available():
             raise RuntimeError("espeak-ng is not installed (scripts/install.sh installs it)")
         self._served = serve(self.app())
         self.url = await self._served.__aenter__()

@@ -36,6 +36,7 @@ class MediaAnswer:
     response_id: str | None
     fee: int | None
     verification: Verification = field(default_factory=Verification)
+    record: dict[str, Any] | None = None  # the service's signature record (text, signature), kept
 
     @property
     def verified(self) -> bool:
@@ -87,7 +88,7 @@ async def _exchange(
     if response_id is None:
         answer.verification.add("response id", False, "the answer carries no ZG-Res-Key")
         return answer
-    record = await _signature(http.session, http.url, response_id, model)
+    record = answer.record = await _signature(http.session, http.url, response_id, model)
     signer = response_signer(service)
     verify_signature(body, data, record, expected_address=signer, into=answer.verification)
     return answer

@@ -87,12 +87,16 @@ async def held_responses(
 
 
 async def audit_settlements(
-    user: UserClient, provider: str, exchanges: Iterable[Exchange] = ()
+    user: UserClient,
+    provider: str,
+    exchanges: Iterable[Exchange] = (),
+    held_media: Iterable[HeldResponse] = (),
 ) -> SettlementAudit:
     """Fetch the user's settlements from the provider and audit each (see :mod:`zgserve.client.audit`).
 
-    Receipts are matched with ``exchanges``: a receipt without a matching held response
-    is reported as a problem, so pass every exchange made with this provider. Prices are
+    Receipts are matched with ``exchanges`` (chats) and ``held_media`` (embeddings, images and
+    audio answers, by their units, fee and signature): a receipt without a matching held
+    response is reported as a problem, so pass every answer had from this provider. Prices are
     the service's current on-chain prices.
     """
     service = await user.get_service(provider, fresh=True)
@@ -100,6 +104,7 @@ async def audit_settlements(
     token = await user.session_token(provider)
     settlements = await fetch_settlements(http.session, http.url, user.address, token.authorization())
     held = {h.response_id: h for h in await held_responses(user, provider, exchanges)}
+    held.update({h.response_id: h for h in held_media})
     audit = SettlementAudit(settlements=settlements, double_charges=find_double_charges(settlements))
     for settlement in settlements:
         audit.reports.append(

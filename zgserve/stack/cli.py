@@ -85,15 +85,50 @@ def up(
     tee: str = typer.Option(
         "auto", "--tee", help="TEE backend of the service with --config: auto | tdx | dstack | simulated."
     ),
+    embeddings: bool = typer.Option(
+        False, "--embeddings", help="Also sell embeddings (embedded SmolLM2, mean-pooled; local network)."
+    ),
+    speech: bool = typer.Option(
+        False, "--speech", help="Also sell text-to-speech (espeak-ng, WAV; local network)."
+    ),
+    media: bool = typer.Option(False, "--media", help="Both: --embeddings --speech."),
+    image_url: str | None = typer.Option(
+        None, "--image-url", help="Also sell images from this OpenAI-compatible backend (/v1/images/...)."
+    ),
+    image_model: str = typer.Option("image", "--image-model", help="The image model's name."),
+    transcription_url: str | None = typer.Option(
+        None,
+        "--transcription-url",
+        help="Also sell transcriptions from this OpenAI-compatible backend (/v1/audio/transcriptions).",
+    ),
+    transcription_model: str = typer.Option(
+        "transcription", "--transcription-model", help="The transcription model's name."
+    ),
 ) -> None:
     """Start a verified, billed, settled 0G provider: the whole local network, or with --config alone."""
+    from zgserve.common.errors import ConfigError
     from zgserve.stack.local import UpOptions
+    from zgserve.stack.media import MediaOptions
 
     launched_at = time.monotonic() - _process_age_s()
     if config is not None and exit_after_demo:
         raise typer.BadParameter("--exit-after-demo needs the local network (no --config)")
     if exit_after_demo and not demo:
         raise typer.BadParameter("--exit-after-demo needs the demo (drop --no-demo)")
+    served = MediaOptions(
+        embeddings=embeddings or media,
+        speech=speech or media,
+        image_url=image_url,
+        image_model=image_model,
+        transcription_url=transcription_url,
+        transcription_model=transcription_model,
+    )
+    if served.any and config is not None:
+        raise typer.BadParameter("with --config, list media models in the file's catalog (models[].type)")
+    try:
+        served.check()
+    except ConfigError as exc:
+        raise typer.BadParameter(exc.message) from exc
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger().setLevel(logging.WARNING)  # the progress lines say what happens
     options = UpOptions(
@@ -107,6 +142,7 @@ def up(
         model_name=model_name,
         model_threads=threads,
         tee=tee,
+        media=served,
     )
     with_demo = demo and config is None
     run = _run(options, config=config, demo=with_demo, exit_after=exit_after_demo, t0=launched_at)

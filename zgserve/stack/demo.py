@@ -9,7 +9,8 @@ A user who owns nothing but a funded key and this package:
 3. sends one streamed and one non-streamed chat through the broker with the ``openai``
    package, and checks each signature against the exact bytes sent and received and
    the attested address;
-4. has the provider settle (``POST /v1/settle``), then audits the settlement: the
+4. when the provider lists media models, one request each (:mod:`~zgserve.stack.demo_media`);
+5. has the provider settle (``POST /v1/settle``), then audits the settlement: the
    provider's on-chain earnings, the fees the broker recorded, the receipts and proofs.
 
 Nothing is hidden: a check that could not pass in simulated TEE mode (hardware evidence)
@@ -31,10 +32,11 @@ from zgserve.client.chat import quote_signer
 from zgserve.client.openai_client import Exchange, ExchangeRecorder
 from zgserve.client.provider import response_signer, sdk_would_verify
 from zgserve.client.responses import answer_text, usage
-from zgserve.client.settlements import SettlementAudit
+from zgserve.client.settlements import SettlementAudit, audit_settlements
 from zgserve.client.user import UserClient
 from zgserve.client.verify import Check, Verification, verify_report_local
 from zgserve.common.money import OG
+from zgserve.stack.demo_media import MEDIA_STEPS, MediaDemo, MediaOutcome
 from zgserve.stack.steps import Steps
 
 LEDGER_DEPOSIT = 10 * OG
@@ -101,13 +103,15 @@ class DemoReport:
     attestation: Verification = field(default_factory=Verification)
     hardware: list[Check] = field(default_factory=list)
     chats: list[ChatOutcome] = field(default_factory=list)
+    media: list[MediaOutcome] = field(default_factory=list)
     settlement: SettlementOutcome | None = None
     first_verified_s: float | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
     def fees(self) -> int:
-        return sum(c.fee for c in self.chats)
+        """Every answer's fee by its billing rule: the chats and the media."""
+        return sum(c.fee for c in self.chats) + sum(m.fee for m in self.media)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +150,7 @@ class DemoUser:
         self.launched_at = launched_at
         self.report = DemoReport(user=self.user.address, provider=provider, model="")
         self.recorder = ExchangeRecorder()  # the exact bytes of every exchange, for checks and audit
+        self.listed: list[dict[str, Any]] = []  # the provider's /v1/models
 
     async def run(self) -> DemoReport:
         """The journey; a step that raises ends it, and the report says where and why."""
@@ -154,6 +159,7 @@ class DemoUser:
                 service = await self._fund()
                 attested = await self._attest(service)
                 await self._chats(service, attested, http)
+                await self._media(http)
                 await self._settle(http)
             except Exception as exc:  # the report is the place for it; the stack stays up to inspect
                 self._problem(f"the journey stopped: {type(exc).__name__}: {exc}")
@@ -210,10 +216,11 @@ class DemoUser:
         """``(model, input price, output price)`` of every model the provider lists (``/v1/models``)."""
         async with http.get(self.broker_url + "/v1/models") as resp:
             listed = (await resp.json())["data"] if resp.status == 200 else []
+        self.listed = [m for m in listed if isinstance(m, dict) and isinstance(m.get("pricing"), dict)]
         models = [
             (str(m["id"]), int(m["pricing"]["prompt"]), int(m["pricing"]["completion"]))
-            for m in listed
-            if isinstance(m, dict) and isinstance(m.get("pricing"), dict)
+            for m in self.listed
+            if m.get("type") not in MEDIA_STEPS
         ]
         if not models:
             self._problem(f"GET /v1/models answered {resp.status} with no priced model")
@@ -304,6 +311,15 @@ class DemoUser:
             self._problem(f"{kind} chat: the broker recorded {recorded} neuron, the usage says {outcome.fee}")
         return outcome
 
+    async def _media(self, http: aiohttp.ClientSession) -> None:
+        async def recorded(response_id: str) -> int | None:
+            return await self._recorded_fee(http, response_id)
+
+        runner = MediaDemo(
+            self.user, self.provider, steps=self.steps, recorded_fee=recorded, problem=self._problem
+        )
+        self.report.media = await runner.run(m for m in self.listed if m.get("type") in MEDIA_STEPS)
+
     async def _recorded_fee(self, http: aiohttp.ClientSession, chat_id: str) -> int | None:
         """The fee the broker recorded for ``chat_id`` (admin API, loopback)."""
         params = {"user": self.user.address.lower(), "responseId": chat_id}
@@ -346,7 +362,8 @@ class DemoUser:
             if not entries:
                 self._problem(f"the settlement sent nothing: {body}")
             # The user's own audit: receipts and proofs from the broker, matched with its answers.
-            outcome.audit = await self.user.audit_settlements(self.provider, self.recorder.exchanges)
+            held = [m.held for m in self.report.media if m.held is not None]
+            outcome.audit = await audit_settlements(self.user, self.provider, self.recorder.exchanges, held)
             self._judge_settlement(outcome)
             txs = len(body.get("transactions", []))
             step.detail(f"{txs} transaction(s), statuses {', '.join(outcome.statuses)}")
@@ -356,9 +373,9 @@ class DemoUser:
         if any(s != "success" for s in outcome.statuses):
             self._problem(f"settlement statuses: {outcome.statuses}")
         if outcome.paid != fees:
-            self._problem(f"settled {outcome.paid} neuron, the chats cost {fees}")
+            self._problem(f"settled {outcome.paid} neuron, the answers cost {fees}")
         if outcome.earned != fees:
-            self._problem(f"the provider earned {outcome.earned} neuron on-chain, the chats cost {fees}")
+            self._problem(f"the provider earned {outcome.earned} neuron on-chain, the answers cost {fees}")
         if outcome.account_decrease != fees:
             self._problem(f"the user's account went down by {outcome.account_decrease}, not {fees}")
         audited = {str(s["nonce"]) for s in outcome.audit.settlements}

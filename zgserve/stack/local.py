@@ -25,7 +25,7 @@ import shutil
 import socket
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 from zgserve.common.errors import ConfigError
 from zgserve.common.net import free_port
 from zgserve.devnet.network import Devnet, start_devnet
+from zgserve.stack.media import MediaLaunch, MediaOptions, MediaService, start_media
 from zgserve.stack.processes import ProcessGroup, ProcessSpec
 from zgserve.stack.provider_config import LocalProvider, provider_config, write_private_yaml
 from zgserve.stack.steps import Steps
@@ -64,6 +65,7 @@ class UpOptions:
     tee: str = "auto"  # the service's TEE backend in provider-only mode
     lock_time: int = 3600
     ready_timeout_s: float = 180.0
+    media: MediaOptions = field(default_factory=MediaOptions)  # embeddings, speech, images, transcription
 
     @property
     def log_dir(self) -> Path:
@@ -89,6 +91,7 @@ class RunningStack:
     rpc_url: str | None = None
     deployment_file: Path | None = None
     serving_url: str | None = None  # the public URL users reach, when not ``broker_url``
+    media: tuple[MediaService, ...] = ()
 
     @property
     def openai_base_url(self) -> str:
@@ -178,11 +181,12 @@ async def _start_backend(
     tee: str,
     store: Path,
     key_file: Path | None = None,
+    service_ready: asyncio.Event | None = None,
 ) -> tuple[str, str]:
     """The model server (unless ``model_url`` is given) and the verifiable service, at once.
 
     Returns (model URL, service URL). The service needs no backend to start, so both
-    processes load side by side.
+    processes load side by side; ``service_ready`` is set as soon as the service answers.
     """
     service_url = _url(options.host, service_port)
     if options.model_url is not None:
@@ -203,6 +207,8 @@ async def _start_backend(
             spec = _service_spec(options, service_port, model_url, tee=tee, store=store, key_file=key_file)
             await group.start(spec)
             step.detail(service_url)
+        if service_ready is not None:
+            service_ready.set()
         if model_task is not None:
             await model_task
     except BaseException:
@@ -244,10 +250,27 @@ async def local_network(options: UpOptions, steps: Steps) -> AsyncIterator[tuple
         # Unwound last to first: the processes stop before the chain they talk to.
         stack.push_async_callback(group.stop_all)
         store = up_dir / "service" / "signatures.sqlite3"
+        # Media services sign with the chat service's key: it writes the key file, they read it.
+        key_file = up_dir / "service" / "simulated-keys.json" if options.media.any else None
+        key_written = asyncio.Event()
         backend: asyncio.Task[tuple[str, str]] = asyncio.create_task(
-            _start_backend(group, steps, options, service_port=service_port, tee="simulated", store=store)
+            _start_backend(
+                group,
+                steps,
+                options,
+                service_port=service_port,
+                tee="simulated",
+                store=store,
+                key_file=key_file,
+                service_ready=key_written,
+            )
         )
         stack.push_async_callback(_cancel, backend)
+        media: asyncio.Task[list[MediaService]] | None = None
+        if key_file is not None:
+            launch = MediaLaunch.for_up(options, key_file, tuple(zgserve_command()))
+            media = asyncio.create_task(start_media(group, steps, options.media, launch, key_written))
+            stack.push_async_callback(_cancel, media)
         async with steps.step("Local chain: anvil and the official 0G contracts") as step:
             devnet = await stack.enter_async_context(
                 start_devnet(users=2, lock_time=options.lock_time, port=rpc_port, progress=steps.record)
@@ -255,12 +278,19 @@ async def local_network(options: UpOptions, steps: Steps) -> AsyncIterator[tuple
             step.detail(devnet.rpc_url)
         stack.push_async_callback(group.stop_all)
         model_url, service_url = await backend
-        running = await _start_local_broker(group, steps, options, devnet, service_url, model_url)
+        served = tuple(await media) if media is not None else ()
+        running = await _start_local_broker(group, steps, options, devnet, service_url, model_url, served)
         yield running, devnet
 
 
 async def _start_local_broker(
-    group: ProcessGroup, steps: Steps, options: UpOptions, devnet: Devnet, service_url: str, model_url: str
+    group: ProcessGroup,
+    steps: Steps,
+    options: UpOptions,
+    devnet: Devnet,
+    service_url: str,
+    model_url: str,
+    media: tuple[MediaService, ...] = (),
 ) -> RunningStack:
     deployment = devnet.deployment
     provider = deployment.provider
@@ -281,6 +311,7 @@ async def _start_local_broker(
             tee_key_file=up_dir / "broker-tee-keys.json",
             host=options.host,
             port=broker_port,
+            extra_models=tuple(m.catalog_entry() for m in media),
         )
     )
     config_file = write_private_yaml(up_dir / "provider.yaml", config, _CONFIG_HEADER)
@@ -301,6 +332,7 @@ async def _start_local_broker(
         processes=group,
         rpc_url=devnet.rpc_url,
         deployment_file=deployment_file,
+        media=media,
     )
 
 

@@ -38,6 +38,7 @@ class LocalProvider:
     input_price: int = DEFAULT_INPUT_PRICE
     output_price: int = DEFAULT_OUTPUT_PRICE
     settlement_interval_s: float = 60.0
+    extra_models: tuple[dict[str, Any], ...] = ()  # catalog entries beside chat (media, own targetUrl)
 
 
 def provider_config(p: LocalProvider) -> dict[str, Any]:
@@ -59,6 +60,7 @@ def provider_config(p: LocalProvider) -> dict[str, Any]:
                 "maxOutputTokens": MINI_MAX_OUTPUT_TOKENS,
                 "upstreamModel": p.model,
             },
+            *p.extra_models,
         ],
         "privateKeys": [p.private_key],
         "network": {"deployment": str(p.deployment_file.resolve())},

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from zgserve.common.money import fmt_og
 from zgserve.stack.demo import ChatOutcome, DemoReport
+from zgserve.stack.demo_media import MediaOutcome
 from zgserve.stack.local import RunningStack
 
 FIRST_ANSWER_TARGET_S = 60.0
@@ -36,6 +37,17 @@ def _print_chat(console: Console, chat: ChatOutcome) -> None:
     width = max(40, console.width - 4)
     text = textwrap.fill(answer or "(empty answer)", width, initial_indent="    ", subsequent_indent="    ")
     console.print(Text(text, style="italic"))
+
+
+def _print_media(console: Console, outcome: MediaOutcome) -> None:
+    verified = outcome.verification.verified
+    fees_agree = outcome.charged == outcome.fee == outcome.recorded_fee
+    console.print(
+        f"{outcome.kind} ({outcome.model}, {outcome.seconds:.1f} s): {outcome.summary}; "
+        f"fee {outcome.fee} neuron by the billing rule, X-0G-Fee {outcome.charged}, "
+        f"recorded {outcome.recorded_fee} {_mark(fees_agree)}; signature {_mark(verified)}"
+        + (" verified" if verified else " NOT verified")
+    )
 
 
 def print_demo_report(console: Console, report: DemoReport) -> None:
@@ -60,8 +72,14 @@ def print_demo_report(console: Console, report: DemoReport) -> None:
         )
     for chat in report.chats:
         _print_chat(console, chat)
-    console.print(f"fees charged for the chats: {report.fees} neuron ({fmt_og(report.fees)})")
-    recorded = [c.recorded_fee for c in report.chats]
+    chat_fees = sum(c.fee for c in report.chats)
+    console.print(f"fees charged for the chats: {chat_fees} neuron ({fmt_og(chat_fees)})")
+    for outcome in report.media:
+        _print_media(console, outcome)
+    if report.media:
+        media_fees = sum(m.fee for m in report.media)
+        console.print(f"fees charged for media: {media_fees} neuron ({fmt_og(media_fees)})")
+    recorded = [c.recorded_fee for c in report.chats] + [m.recorded_fee for m in report.media]
     console.print(f"fees recorded by the broker: {sum(f or 0 for f in recorded)} neuron")
     settlement = report.settlement
     if settlement is not None:
@@ -104,6 +122,14 @@ def print_urls(console: Console, stack: RunningStack) -> None:
         table.add_row("Verifiable service", f"{stack.service_url}  [dim](/v1/attestation/report)[/]")
     if stack.model_url is not None:
         table.add_row("Model server", f"{stack.model_url}/v1  [dim]({stack.model})[/]")
+    for served in stack.media:
+        table.add_row(
+            f"Service for {served.model}",
+            f"{served.service_url}  [dim]({served.type}, /v1/attestation/report)[/]",
+        )
+        table.add_row(
+            f"Backend of {served.model}", f"{served.backend_url}/v1  [dim]({served.backend_label})[/]"
+        )
     if stack.rpc_url is not None:
         table.add_row("Chain RPC", stack.rpc_url)
     if stack.deployment_file is not None:

@@ -8,8 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
-import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,17 +112,6 @@ async def media_stack(tmp: Path) -> AsyncIterator[MediaStack]:
         service(llama.base_url, "embed") as embed_url,
     ):
         yield MediaStack(backend, media_url + "/v1", embed_url + "/v1", llama.base_url)
-
-
-def wav(seconds_frames: int, rate: int = 16_000) -> bytes:
-    """A real mono 16-bit WAV of ``seconds_frames`` frames of silence-ish samples."""
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(bytes(i % 7 for i in range(seconds_frames * 2)))
-    return out.getvalue()
 
 
 def upload(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> aiohttp.FormData:

@@ -28,8 +28,8 @@ from tests.integration.broker.media_stack import (
     TTS_PRICE,
     MediaStack,
     media_stack,
-    wav,
 )
+from tests.media_bodies import multipart, wav
 from zgserve.broker.db import repo
 from zgserve.chain import ChainClient
 from zgserve.client import media
@@ -49,13 +49,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Media
 
 def raw_form(fields: dict[str, str], files: dict[str, tuple[str, bytes, str]]) -> bytes:
     """A multipart body exactly as a client writes it (its own boundary, its own layout)."""
-    out = b""
-    for name, value in fields.items():
-        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-    for name, (filename, data, kind) in files.items():
-        head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
-        out += (head + f"Content-Type: {kind}\r\n\r\n").encode() + data + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
+    return multipart(fields, dict(files), BOUNDARY)
 
 
 class Client:

@@ -10,25 +10,20 @@ import pytest
 
 from tests.fakes.media_backend import MediaBackend, png
 from tests.integration.service.conftest import RunningService, StartService
+from tests.media_bodies import multipart
 from zgserve.common.signing import recover_address, signed_text
 
 BOUNDARY = "X-client-boundary"
+
+
+def upload(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> bytes:
+    return multipart(fields, dict(files), BOUNDARY)
 
 
 @pytest.fixture
 async def media(start_service: StartService) -> AsyncIterator[tuple[RunningService, MediaBackend]]:
     async with MediaBackend() as backend:
         yield await start_service(target_url=backend.url, allowed_params=[]), backend
-
-
-def upload(fields: dict[str, str], files: dict[str, tuple[str, bytes]]) -> bytes:
-    out = b""
-    for name, value in fields.items():
-        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-    for name, (filename, data) in files.items():
-        head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n\r\n'
-        out += head.encode() + data + b"\r\n"
-    return out + f"--{BOUNDARY}--\r\n".encode()
 
 
 async def post(

@@ -9,8 +9,9 @@ import aiohttp
 import pytest
 
 from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
-from tests.integration.broker.media_stack import MediaStack, media_stack, upload, wav
+from tests.integration.broker.media_stack import MediaStack, media_stack, upload
 from tests.integration.settlement.conftest import engine_deps
+from tests.media_bodies import wav
 from zgserve.broker.db import repo
 from zgserve.common.money import OG
 from zgserve.devnet.network import Devnet

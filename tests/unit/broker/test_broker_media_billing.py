@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
-import wave
 from fractions import Fraction
 
 import pytest
 
+from tests.media_bodies import wav
 from zgserve.broker.catalog import CatalogModel, catalog_from_settings
 from zgserve.broker.media import UnsupportedModel, audio, check_model, embeddings, images
 from zgserve.broker.official_config import translate
@@ -17,16 +16,6 @@ from zgserve.common.errors import UpstreamError
 from zgserve.common.pricing import Pricing, Tier
 
 KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-
-
-def _wav(frames: int, rate: int) -> bytes:
-    out = io.BytesIO()
-    with wave.open(out, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(b"\x01\x00" * frames)
-    return out.getvalue()
 
 
 def test_transcription_seconds_are_rounded_to_the_nearest_halves_up_at_least_one() -> None:
@@ -52,9 +41,9 @@ def test_audio_fee_is_frames_times_price_over_rate_rounded_down_once() -> None:
 
 
 async def test_audio_is_measured_from_the_bytes_and_non_audio_is_refused() -> None:
-    measured = await audio.measure(_wav(22_050 * 3 + 1, 22_050))
+    measured = await audio.measure(wav(22_050 * 3 + 1, 22_050))
     assert measured == audio.Duration(22_050 * 3 + 1, 22_050)
-    for bad in (b"", b"RIFF\x00\x00", b"not audio" * 100, _wav(0, 8_000)):
+    for bad in (b"", b"RIFF\x00\x00", b"not audio" * 100, wav(0, 8_000)):
         assert await audio.measure(bad) is None
 
 
@@ -68,7 +57,7 @@ def test_speech_reservation_grows_with_the_text_shrinks_with_speed_and_has_a_cei
 
 async def test_speech_is_charged_what_the_audio_lasts_and_a_non_audio_answer_is_a_502() -> None:
     plan = audio.SpeechPlan(seconds=10, price=1_000)
-    bill = await plan.bill(_wav(12_345, 8_000), "audio/wav")
+    bill = await plan.bill(wav(12_345, 8_000), "audio/wav")
     assert (bill.fee, bill.output_units, bill.output_price) == (12_345 * 1_000 // 8_000, 2, 1_000)
     with pytest.raises(UpstreamError):
         await plan.bill(b"garbage", "audio/wav")
