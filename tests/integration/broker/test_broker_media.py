@@ -6,6 +6,7 @@ image generation and transcription, named so in the test names.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -439,3 +440,40 @@ async def test_a_whitelisted_address_gets_media_answers_unbilled(
         assert status == 200, data
         assert "X-0G-Fee" not in headers
         assert await c.records(monitor.address) == []
+
+
+async def test_an_upload_under_way_holds_the_users_slot(
+    stack: MediaStack, start_broker: StartBroker, funded_user: FundedUser
+) -> None:
+    """Uploads are admitted before their bodies are read: a user's concurrency slots bound how
+    many megabytes of theirs the broker holds at once, and a stalled upload cannot take more."""
+    limits = {"maxGlobalConcurrent": 0, "maxPerUserConcurrent": 1, "perUserRPM": 0}
+    async with start_broker(models=stack.models(), limits=limits) as broker, aiohttp.ClientSession() as s:
+        user = await funded_user(broker.provider.address)
+        auth = make_token(user.private_key, broker.provider.address)
+        host, port = broker.url.removeprefix("http://").split(":")
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        head = (
+            f"POST /v1/proxy/audio/transcriptions HTTP/1.1\r\nHost: {host}\r\nAuthorization: {auth}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: 4000000\r\n\r\n"
+        )
+        writer.write(head.encode() + f"--{BOUNDARY}\r\n".encode())  # ... and then nothing more
+        await writer.drain()
+        try:
+            await asyncio.sleep(0.5)
+            c = Client(s, broker, auth)
+            body = raw_form({"model": "ears"}, {"file": ("a.wav", wav(16_000), "audio/wav")})
+            status, headers, data = await c.post("/audio/transcriptions", body)
+            assert status == 429, data
+            assert json.loads(data)["error"]["code"] == "rate_limited"
+            assert headers["Retry-After"] == "1"
+        finally:
+            writer.close()
+        # The stalled upload's slot comes back when its client goes: the next one is served.
+        for _ in range(50):
+            status, _, data = await c.post("/audio/transcriptions", body)
+            if status != 429:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200, data
+        assert len(await c.records(user.address)) == 1

@@ -80,25 +80,27 @@ class MediaProxy:
         auth = await core.auth.authenticate(
             {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         )
-        body = await app._read_body(scope, receive, limit=self._max_upload if kind in _UPLOADS else None)
-        content_type = _header(scope, b"content-type")
-        parsed = await self.parse(kind, body, content_type)
-        model = core.catalog.resolve(parsed.model_name)
-        check_model(kind, model)
-        plan = self.plan(parsed, model)
-        forward_type = "application/json"
-        if kind in _UPLOADS:
-            # The service reads the same boundary from the same bytes (it signs the bytes as sent).
-            boundary = multipart.boundary_of(content_type).decode("ascii")
-            forward_type = f'multipart/form-data; boundary="{boundary}"'
-        core.writer.ensure_available()
         user = auth.token.user
         limits = core.limits
+        # Admitted before the body is read: an upload may be megabytes, and a user's concurrency
+        # slots then bound the memory their uploads can hold at once.
         admission = await limits.admit(user) if limits is not None else None
         tokens = 0
         try:
             if admission is not None and admission.headers:
                 send = adding_headers(send, admission.headers)
+            body = await app._read_body(scope, receive, limit=self._max_upload if kind in _UPLOADS else None)
+            content_type = _header(scope, b"content-type")
+            parsed = await self.parse(kind, body, content_type)
+            model = core.catalog.resolve(parsed.model_name)
+            check_model(kind, model)
+            plan = self.plan(parsed, model)
+            forward_type = "application/json"
+            if kind in _UPLOADS:
+                # The service reads the same boundary from the same bytes (it signs the bytes as sent).
+                boundary = multipart.boundary_of(content_type).decode("ascii")
+                forward_type = f'multipart/form-data; boundary="{boundary}"'
+            core.writer.ensure_available()
             free = limits is not None and limits.whitelisted(user)
             reservation = None if free else await app._reserve(auth, plan.reserve)
             try:
