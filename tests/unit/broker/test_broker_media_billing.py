@@ -136,3 +136,30 @@ def test_an_official_per_image_model_keeps_its_size_multipliers_and_the_service_
     assert model.service_type == "text-to-image"
     assert model.size_multiplier("1024X1024") == Fraction(3, 2)
     assert model.pricing.output_price == 3 * 10**15
+
+
+def _riff(*chunks: tuple[bytes, bytes], declared: dict[int, int] | None = None) -> bytes:
+    """A RIFF/WAVE file of 16 kHz mono 16-bit PCM from raw chunks; ``declared`` overrides the
+    size written for the chunk at that index."""
+    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (16_000).to_bytes(4, "little")
+    fmt += (32_000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    body = b"WAVE" + b"fmt " + (16).to_bytes(4, "little") + fmt
+    for i, (cid, data) in enumerate([*chunks]):
+        size = (declared or {}).get(i, len(data))
+        body += cid + size.to_bytes(4, "little") + data + (b"\x00" if len(data) & 1 else b"")
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+async def test_a_wav_cannot_hide_audio_past_its_declared_data() -> None:
+    second = b"\x03\x00" * 16_000
+    honest = await audio.measure(_riff((b"data", second), (b"LIST", b"INFOISFT\x04\x00\x00\x00zg\x00\x00")))
+    assert honest is not None
+    assert honest.frames == 16_000
+    # The data chunk says one second; a minute of samples follows it.
+    assert await audio.measure(_riff((b"data", second + second * 60), declared={0: len(second)})) is None
+    # Two data chunks: which one a backend plays is anyone's guess.
+    assert await audio.measure(_riff((b"data", second), (b"data", second * 30))) is None
+    # A header that claims more than the file holds is measured by what is there.
+    short = await audio.measure(_riff((b"data", second), declared={0: len(second) * 60}))
+    assert short is not None
+    assert short.frames == 16_000

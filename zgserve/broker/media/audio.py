@@ -58,15 +58,50 @@ class Duration:
         return self.frames * price_per_second // self.samplerate
 
 
+# Bytes a WAV may carry after its audio (LIST, id3, cue chunks: a few KiB in practice). More is
+# refused: a backend that read past the declared data would transcribe audio nobody paid for.
+WAV_TRAILER_BYTES = 1 << 16
+_BLOCK_FRAMES = 1 << 16
+
+
 def _measure(data: bytes) -> Duration | None:
+    if _wav_hides_audio(data):
+        return None
     try:
-        info = soundfile.info(io.BytesIO(data))
+        with soundfile.SoundFile(io.BytesIO(data)) as audio:
+            rate, declared = int(audio.samplerate), int(audio.frames)
+            if rate <= 0 or declared > MAX_SECONDS * rate:
+                return None
+            # Decoded, not only the header's count: a compressed file's header (an MP3's Xing
+            # frame count, a FLAC's total) can say less than the audio it holds.
+            decoded = 0
+            for block in audio.blocks(blocksize=_BLOCK_FRAMES, dtype="int16", always_2d=True):
+                decoded += len(block)
+                if decoded > MAX_SECONDS * rate:
+                    return None
     except (RuntimeError, TypeError, ValueError, EOFError):  # LibsndfileError is a RuntimeError
         return None
-    frames, rate = int(info.frames), int(info.samplerate)
-    if rate <= 0 or frames <= 0 or frames > MAX_SECONDS * rate:
-        return None
-    return Duration(frames, rate)
+    frames = max(declared, decoded)
+    return Duration(frames, rate) if frames > 0 else None
+
+
+def _wav_hides_audio(data: bytes) -> bool:
+    """True for a RIFF/WAVE file with more than one ``data`` chunk, or with more than
+    :data:`WAV_TRAILER_BYTES` after its ``data`` chunk."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return False
+    position, end_of_data, chunks = 12, None, 0
+    while position + 8 <= len(data):
+        size = int.from_bytes(data[position + 4 : position + 8], "little")
+        if data[position : position + 4] == b"data":
+            chunks += 1
+            if size in (0, 0xFFFFFFFF):  # a streamed WAV: its audio runs to the end of the file
+                return chunks > 1
+            end_of_data = position + 8 + size
+        position += 8 + size + (size & 1)
+    if end_of_data is None:
+        return False  # no data chunk: libsndfile refuses it
+    return chunks > 1 or len(data) - end_of_data > WAV_TRAILER_BYTES
 
 
 async def measure(data: bytes) -> Duration | None:
