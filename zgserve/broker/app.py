@@ -305,6 +305,7 @@ async def _start(
             ttl=settings.billing.reservation_ttl_seconds,
             snapshot_ttl=settings.auth.account_cache_seconds,
             min_locked=settings.billing.min_locked_balance,
+            budget_requests=settings.billing.admission_budget_requests,
         )
         await guard.start()
         stack.push_async_callback(guard.stop)

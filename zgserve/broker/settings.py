@@ -132,6 +132,13 @@ class BillingSettings(_Section):
         description="on PostgreSQL: admit against reservations shared by every replica (exact across"
         " replicas; one database round trip per request). SQLite is one process and never needs it",
     )
+    admission_budget_requests: int = Field(
+        default=16,
+        ge=0,
+        le=1024,
+        description="shared admission: a replica serving a user's requests holds this many requests'"
+        " worth at once while the user has room for four times as much (0: every request on its own)",
+    )
     reservation_ttl_seconds: float = Field(
         default=30.0, gt=1, description="a dead replica's holds lapse after this long"
     )

@@ -77,33 +77,78 @@ _DEAD_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError, Connect
 _SQLALCHEMY_ONLY = ("prepared_statement_cache_size", "prepared_statement_name_func")
 
 
+# A replica serving several requests of one user holds one larger hold for them (a budget)
+# instead of a row per request: ``budget_requests`` requests' worth (billing.admissionBudgetRequests),
+# granted only while the user's headroom is at least BUDGET_HEADROOM budgets, so that close to
+# the end of a balance every request is decided on its own. An unused budget is given back after
+# BUDGET_IDLE seconds (the user's next request may come sooner and reuse it). The price: near
+# the end of a balance, what other replicas' budgets hold is not available here until they end.
+BUDGET_HEADROOM = 4
+BUDGET_IDLE = 0.25
+
+
 @dataclass(slots=True)
 class _Snapshot:
     account: Account
     marker: int  # newest settlement nonce recorded for the user when the balance was read
     read_at: float
+    headroom: int = 0  # what the last admission left free for the user, across every replica
+
+
+@dataclass(slots=True)
+class _Budget:
+    """One hold row that covers several requests of one user on this replica: a slice of the
+    user's headroom, used up by the requests it admits.
+
+    A request takes its reservation from the slice (``used``); when it ends, what it was charged
+    stays taken (``spent``: that fee is now counted as unsettled too) and only the rest comes
+    back. So everything admitted through the slice costs at most ``amount``, which the database
+    counted when it granted it, and its row only ever over-counts (spent fees twice) until it is
+    dropped.
+    """
+
+    user: str
+    row_id: int
+    amount: int
+    used: int = 0
+    spent: int = 0
+    idle_since: float | None = None
+
+    def fits(self, amount: int) -> bool:
+        return self.used + self.spent + amount <= self.amount
 
 
 class SharedReservation:
-    """A hold in ``broker_reservations``; ``charge`` or ``release`` it exactly once."""
+    """A hold in ``broker_reservations`` (its own row, or a share of a budget's); ``charge`` or
+    ``release`` it exactly once."""
 
-    __slots__ = ("_done", "_guard", "amount", "id", "user")
+    __slots__ = ("_budget", "_done", "_guard", "amount", "id", "user")
 
-    def __init__(self, guard: SharedBalanceGuard, row_id: int, user: str, amount: int) -> None:
+    def __init__(
+        self, guard: SharedBalanceGuard, row_id: int, user: str, amount: int, budget: _Budget | None = None
+    ) -> None:
         self._guard = guard
         self.id = row_id
         self.user = user
         self.amount = amount
+        self._budget = budget
         self._done = False
 
     def charge(self, fee: int) -> None:
         """The fee is recorded (committed before this call): the hold goes."""
+        if not self._done and self._budget is not None:
+            self._done = True
+            self._guard._give_back(self._budget, self.amount, min(fee, self.amount))
+            return
         self.release()
 
     def release(self) -> None:
         if not self._done:
             self._done = True
-            self._guard._drop(self.id)
+            if self._budget is not None:
+                self._guard._give_back(self._budget, self.amount, 0)
+            else:
+                self._guard._drop(self.id)
 
 
 class SharedBalanceGuard:
@@ -123,6 +168,7 @@ class SharedBalanceGuard:
         snapshot_ttl: float = 3.0,
         min_locked: int = 0,
         pool_size: int = 8,
+        budget_requests: int = 16,
     ) -> None:
         if engine.dialect.name != "postgresql":
             raise ValueError("shared admission needs PostgreSQL")
@@ -138,6 +184,10 @@ class SharedBalanceGuard:
         self._min_locked = min_locked
         self.holder = f"{uuid.uuid4().hex[:16]}"
         self._snapshots: dict[str, _Snapshot] = {}
+        self._budget_requests = budget_requests
+        self._budgets: dict[str, _Budget] = {}
+        self._granting: dict[str, asyncio.Future[None]] = {}  # a budget being granted, per user
+        self._stopped = False
         self._live: set[int] = set()
         self._dropping: set[int] = set()
         self._task: asyncio.Task[None] | None = None
@@ -147,6 +197,7 @@ class SharedBalanceGuard:
         self._task = asyncio.create_task(self._renew_loop(), name="reservation-renewal")
 
     async def stop(self) -> None:
+        self._stopped = True  # late drops and budget expiries do nothing: every row goes below
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -154,6 +205,8 @@ class SharedBalanceGuard:
         if self._flushing is not None:
             await self._flushing
         await self._flush_drops()
+        if self._pool is None:
+            return  # never admitted anything: no row of this replica to release
         try:
             await self._run("execute", _RELEASE_ALL, self.holder)
         except StorageUnavailable as exc:
@@ -164,6 +217,8 @@ class SharedBalanceGuard:
                 await asyncio.wait_for(pool.close(), 5)
 
     async def _open(self) -> Any:
+        if self._stopped:
+            raise StorageUnavailable("the broker is stopping")
         async with self._opening:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
@@ -214,32 +269,103 @@ class SharedBalanceGuard:
         balance from this guard's own snapshot, read consistently with the settlement marker.
         """
         user = user.lower()
+        while True:
+            budget = self._budgets.get(user)
+            if budget is not None and not fresh and budget.fits(amount):
+                budget.used += amount  # no await since the check: no other request can slip in
+                budget.idle_since = None
+                return SharedReservation(self, budget.row_id, user, amount, budget)
+            granting = self._granting.get(user)
+            if granting is None or fresh:
+                break
+            # A budget for this user is being granted by a request just before: wait for it.
+            await asyncio.shield(granting)
         reread = fresh
         for attempt in range(ATTEMPTS):
             last = attempt == ATTEMPTS - 1
             snap = await self._snapshot(user, reread)
             available = snap.account.balance - snap.account.pending_refund - self._min_locked
-            status, row_id, owed = await self._run(
-                "fetchrow", _ADMIT, user, amount, self.holder, self._expiry(), available, snap.marker
-            )
+            # A (new) budget only when there is room for several; the full one it replaces goes
+            # when its last request ends.
+            want = amount * self._budget_requests
+            if fresh or user in self._granting or snap.headroom < want * BUDGET_HEADROOM or want == 0:
+                want = amount
+            granted: asyncio.Future[None] | None = None
+            budget = None
+            if want > amount:
+                granted = self._granting[user] = asyncio.get_running_loop().create_future()
+            try:
+                status, row_id, owed = await self._run(
+                    "fetchrow", _ADMIT, user, want, self.holder, self._expiry(), available, snap.marker
+                )
+                if status == 0 and want > amount:
+                    self._live.add(int(row_id))
+                    budget = self._budgets[user] = _Budget(user, int(row_id), want, used=amount)
+            finally:
+                if granted is not None:
+                    del self._granting[user]
+                    granted.set_result(None)
+            if status == 3 and want > amount:
+                want = amount  # the headroom has gone since: this request alone, at once
+                status, row_id, owed = await self._run(
+                    "fetchrow", _ADMIT, user, want, self.holder, self._expiry(), available, snap.marker
+                )
             if status == 1:
                 reread = True  # settled since the balance was read: read it again
                 continue
             if status == 2:
                 raise OutstandingDebt(f"unpaid fees of {fmt_og(int(owed))} from an earlier settlement")
-            if status == 3 and not last and (self._dropping or self._flushing_now()):
-                # Holds this replica has already let go of may still be rows: never refuse on them.
+            snap.headroom = max(available - int(owed) - (want if status == 0 else 0), 0)
+            if status == 3 and not last and (self._dropping or self._flushing_now() or self._idle(user)):
+                # Holds this replica has already let go of (or keeps unused) may still be rows:
+                # never refuse on them.
+                self._retire(user)
                 await self._settle_drops()
                 continue
             if status == 3:
-                headroom = max(available - int(owed), 0)
                 raise InsufficientBalance(
-                    f"this request may cost up to {fmt_og(amount)}, only {fmt_og(headroom)} is available"
-                    " (balance minus pending refunds, unsettled fees and requests in flight on every replica)"
+                    f"this request may cost up to {fmt_og(amount)}, only {fmt_og(snap.headroom)} is"
+                    " available (balance minus pending refunds, unsettled fees and requests in flight"
+                    " on every replica)"
                 )
+            if budget is not None:
+                return SharedReservation(self, int(row_id), user, amount, budget)
             self._live.add(int(row_id))
             return SharedReservation(self, int(row_id), user, amount)
         raise StorageUnavailable("settlements keep landing for this user; try again", code="admission_busy")
+
+    def _idle(self, user: str) -> bool:
+        budget = self._budgets.get(user)
+        return budget is not None and budget.used == 0
+
+    def _give_back(self, budget: _Budget, amount: int, fee: int) -> None:
+        """A request covered by ``budget`` is over; ``fee`` of it was charged (and recorded)."""
+        budget.used -= amount
+        budget.spent += fee
+        if budget.used > 0:
+            return
+        if self._budgets.get(budget.user) is not budget:
+            self._drop(budget.row_id)  # replaced meanwhile: nobody will use it again
+            return
+        if budget.amount - budget.spent < budget.amount // self._budget_requests:
+            self._retire(budget.user)  # used up: its spent fees stop counting twice at once
+            return
+        budget.idle_since = time.monotonic()
+        asyncio.get_running_loop().call_later(BUDGET_IDLE, self._expire, budget)
+
+    def _expire(self, budget: _Budget) -> None:
+        idle = budget.idle_since
+        if self._budgets.get(budget.user) is not budget or idle is None:
+            return  # replaced (and dropped already), or in use again
+        if budget.used == 0 and time.monotonic() - idle >= BUDGET_IDLE * 0.99:
+            self._retire(budget.user)
+
+    def _retire(self, user: str) -> None:
+        """Give an unused budget of ``user`` back to the database (its row dropped)."""
+        budget = self._budgets.get(user)
+        if budget is not None and budget.used == 0:
+            del self._budgets[user]
+            self._drop(budget.row_id)
 
     async def unsettled(self, user: str) -> int:
         try:
@@ -257,6 +383,8 @@ class SharedBalanceGuard:
             self._snapshots.pop(user.lower(), None)
 
     def _drop(self, row_id: int) -> None:
+        if self._stopped:
+            return
         self._live.discard(row_id)
         self._dropping.add(row_id)
         if self._flushing is None or self._flushing.done():

@@ -122,6 +122,7 @@ async def _settle_all(url: str, s: aiohttp.ClientSession, unsettled: Any) -> Non
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("trial", range(TRIALS))
+@pytest.mark.parametrize("budget", [16, 0], ids=["budgets", "single-holds"])
 async def test_three_replicas_through_a_kill_a_settlement_and_a_database_restart(
     devnet: Devnet,
     deployment_file: Path,
@@ -129,6 +130,7 @@ async def test_three_replicas_through_a_kill_a_settlement_and_a_database_restart
     funded_user: FundedUser,
     tmp_path: Path,
     trial: int,
+    budget: int,
 ) -> None:
     with private_postgres() as pg:
         provider = await devnet.new_account()
@@ -144,7 +146,7 @@ async def test_three_replicas_through_a_kill_a_settlement_and_a_database_restart
             # Writes under way wait out a restart (a second or so) rather than fail.
             "database": {"url": pg.url, "retrySeconds": 10},
             # A dead replica's holds lapse within seconds rather than the default 30.
-            "billing": {"reservationTtlSeconds": 5},
+            "billing": {"reservationTtlSeconds": 5, "admissionBudgetRequests": budget},
             "auth": {"accountCacheSeconds": 0.5},
             "limits": {"maxGlobalConcurrent": 0, "maxPerUserConcurrent": 0, "perUserRPM": 0},
             "logging": {"level": "INFO"},
@@ -216,8 +218,9 @@ async def _burst_and_check(
     summary = f"{dict(counts)} {events}"
     (tmp_path / "outcomes.txt").write_text(summary)
     delivered = [o for o in outcomes if o.status == 200 and o.code is None]
-    # Some answered, some refused: the burst crossed the balance and the faults.
-    assert delivered, summary
+    # Some answered, some refused: the burst crossed the balance and the faults; the balance is
+    # used, not refused wholesale (about 250 answers fit; the kill and the restart cost a few).
+    assert len(delivered) >= 200, summary
     for o in outcomes:
         if o.status == 200:
             # A stream cut off by the killed replica is that replica's loss; one the broker itself

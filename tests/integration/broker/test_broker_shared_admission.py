@@ -13,7 +13,9 @@ from sqlalchemy import text
 
 from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
 from tests.integration.broker.test_broker_replicas import two_replicas
+from zgserve.broker import shared_admission
 from zgserve.broker.db import repo
+from zgserve.broker.errors import InsufficientBalance
 from zgserve.broker.shared_admission import SharedBalanceGuard
 from zgserve.common.money import OG
 
@@ -94,3 +96,62 @@ async def test_a_dead_replicas_holds_lapse(
             await a.core.guard.reserve(user.address, account, OG // 2)
         await asyncio.sleep(2.5)  # past the reservation TTL
         assert await a.core.guard.reserve(user.address, account, OG // 2)
+
+
+async def _rows(broker: Any, user: str) -> list[tuple[str, int]]:
+    async with broker.core.db.connect() as conn:
+        q = text('SELECT holder, amount FROM broker_reservations WHERE "user" = :u')
+        return [(str(h), int(a)) for h, a in await conn.execute(q, {"u": user.lower()})]
+
+
+async def test_a_burst_of_one_user_shares_one_budget_and_gives_it_back(
+    start_broker: StartBroker, funded_user: FundedUser, tmp_path: Path
+) -> None:
+    async with two_replicas(start_broker, tmp_path, **PRICES) as (a, _b):
+        guard = a.core.guard
+        assert isinstance(guard, SharedBalanceGuard)
+        user = await funded_user(a.provider.address, amount=10 * OG)
+        account = (await a.core.accounts.get(user.address.lower())).account
+        assert account is not None
+        amount = OG // 1000
+        first = await guard.reserve(user.address, account, amount)  # exact: learns the headroom
+        burst = await asyncio.gather(*(guard.reserve(user.address, account, amount) for _ in range(30)))
+        rows = await _rows(a, user.address)
+        # The first hold, and budgets of 16 requests each instead of 30 rows.
+        assert len(rows) <= 4, rows
+        assert sum(amount for _, amount in rows) >= 31 * amount
+        first.release()
+        for hold in burst:
+            hold.charge(amount)
+        await asyncio.sleep(shared_admission.BUDGET_IDLE + 0.3)
+        assert await _rows(a, user.address) == []  # every budget given back once idle
+
+
+async def test_budgets_never_let_two_replicas_hold_more_than_the_balance(
+    start_broker: StartBroker, funded_user: FundedUser, tmp_path: Path
+) -> None:
+    async with two_replicas(start_broker, tmp_path, **PRICES) as (a, b):
+        user = await funded_user(a.provider.address, amount=OG)
+        amount = OG // 200  # 200 requests' worth: budgets while there is room, single holds after
+        held: list[Any] = []
+
+        async def take(broker: Any) -> None:
+            guard = broker.core.guard
+            account = (await broker.core.accounts.get(user.address.lower())).account
+            refused = 0
+            while refused < 3:
+                try:
+                    held.append(await guard.reserve(user.address, account, amount))
+                except InsufficientBalance:
+                    refused += 1
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(take(r) for r in (a, b, a, b)))
+        assert len(held) * amount <= OG  # never more in flight than the account holds
+        assert len(held) >= 150  # and most of it usable, budgets or not
+        rows = await _rows(a, user.address)
+        assert sum(x for _, x in rows) <= OG
+        for hold in held:
+            hold.release()
+        await asyncio.sleep(shared_admission.BUDGET_IDLE + 0.5)
+        assert await _rows(a, user.address) == []
