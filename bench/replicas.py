@@ -41,7 +41,16 @@ from zgserve.common.net import free_port, wait_http  # noqa: E402
 from zgserve.devnet.network import start_devnet  # noqa: E402
 
 PG = "postgresql://postgres@127.0.0.1:5432/postgres"
-SETTINGS = [(1, False), (1, True), (2, True), (3, True), (3, False)]  # (replicas, shared admission)
+# (replicas, shared admission, budget requests: 0 = a hold row per request)
+SETTINGS = [
+    (1, False, 0),
+    (1, True, 0),
+    (1, True, 16),
+    (2, True, 16),
+    (3, True, 16),
+    (3, True, 0),
+    (3, False, 0),
+]
 
 
 def postgres_pids() -> list[int]:
@@ -74,7 +83,7 @@ async def database() -> AsyncIterator[str]:
 
 @contextlib.asynccontextmanager
 async def replicas(
-    n: int, shared: bool, base: dict[str, object], tmp: Path, db_url: str
+    n: int, shared: bool, budget: int, base: dict[str, object], tmp: Path, db_url: str
 ) -> AsyncIterator[tuple[str, list[subprocess.Popen[bytes]]]]:
     """``n`` brokers behind nginx; yields the load balancer's URL and the broker processes."""
     zgserve = str(Path(sys.executable).parent / "zgserve")
@@ -85,17 +94,17 @@ async def replicas(
             config = base | {
                 "server": {"host": "127.0.0.1", "port": port},
                 "database": {"url": db_url},
-                "billing": {"sharedAdmission": shared},
+                "billing": {"sharedAdmission": shared, "admissionBudgetRequests": budget},
                 "registration": {"enabled": i == 0},
             }
-            path = tmp / f"replica-{n}-{shared}-{i}.yaml"
+            path = tmp / f"replica-{n}-{shared}-{budget}-{i}.yaml"
             path.write_text(yaml.safe_dump(config))
             procs.append(spawn([zgserve, "broker", "-c", str(path)], log=path.with_suffix(".log")))
             await wait_http(f"http://127.0.0.1:{port}/health", 60, 200)
         nginx = find_nginx()
         assert nginx is not None, "nginx is needed (scripts/install.sh installs it)"
         lb_port = free_port()
-        work = tmp / f"nginx-{n}-{shared}"
+        work = tmp / f"nginx-{n}-{shared}-{budget}"
         work.mkdir()
         conf = nginx_conf(work, lb_port, [f"127.0.0.1:{p}" for p in ports])
         (work / "nginx").mkdir()
@@ -149,10 +158,14 @@ async def main(seconds: float, connections: int) -> None:
             ).encode()
             url = f"{backend_url}/v1/chat/completions"
             direct = await load(url, body, stream=False, connections=connections, seconds=seconds)
-            rows: list[tuple[int, bool, Run, int, int]] = []
+            rows: list[tuple[int, str, Run, int]] = []
             acknowledged = False
-            for n, shared in SETTINGS:
-                async with database() as db_url, replicas(n, shared, base, tmp, db_url) as (lb, procs):
+            for n, shared, budget in SETTINGS:
+                mode = "off" if not shared else (f"budgets of {budget}" if budget else "a hold per request")
+                async with (
+                    database() as db_url,
+                    replicas(n, shared, budget, base, tmp, db_url) as (lb, procs),
+                ):
                     if not acknowledged:
                         owner = devnet.chain.inference(devnet.owner_wallet())
                         await owner.acknowledge_tee_signer_by_owner(provider.address)
@@ -175,7 +188,7 @@ async def main(seconds: float, connections: int) -> None:
                     )
                     run.cpu["postgres"] = cpu_of(postgres_pids()) - pg_before
                     count, _fees = await recorded_fees(db_url)
-                    rows.append((n, shared, run, count, run.requests))
+                    rows.append((n, mode, run, count))
             print_table(direct, rows, connections)
         finally:
             for proc in (service, backend):
@@ -183,21 +196,21 @@ async def main(seconds: float, connections: int) -> None:
                 proc.wait(10)
 
 
-def print_table(direct: Run, rows: list[tuple[int, bool, Run, int, int]], connections: int) -> None:
+def print_table(direct: Run, rows: list[tuple[int, str, Run, int]], connections: int) -> None:
     print()
     p50 = direct.pct(0.5) * 1e3
     print(f"direct to the backend: {direct.rps:.0f} r/s, p50 {p50:.2f} ms ({connections} connections)")
     print()
     print(
-        f"| {'replicas':>8} | {'shared admission':>16} | {'r/s':>6} | {'/direct':>7} | {'p50 ms':>6} "
+        f"| {'replicas':>8} | {'shared admission':>20} | {'r/s':>6} | {'/direct':>7} | {'p50 ms':>6} "
         f"| {'p99 ms':>6} | {'brokers CPU us':>14} | {'PostgreSQL CPU us':>17} | {'recorded':>8} |"
     )
-    print("|" + "|".join("-" * w for w in (10, 18, 8, 9, 8, 8, 16, 19, 10)) + "|")
-    for n, shared, run, count, _ in rows:
+    print("|" + "|".join("-" * w for w in (10, 22, 8, 9, 8, 8, 16, 19, 10)) + "|")
+    for n, mode, run, count in rows:
         brokers = sum(v for k, v in run.cpu.items() if k.startswith("broker-"))
         per = run.requests + 20  # the warm-up requests are recorded and cost CPU too
         print(
-            f"| {n:>8} | {'on' if shared else 'off':>16} | {run.rps:>6.0f} | {run.rps / direct.rps:>7.2f} "
+            f"| {n:>8} | {mode:>20} | {run.rps:>6.0f} | {run.rps / direct.rps:>7.2f} "
             f"| {run.pct(0.5) * 1e3:>6.2f} | {run.pct(0.99) * 1e3:>6.2f} | {brokers / per * 1e6:>14.0f} "
             f"| {run.cpu['postgres'] / per * 1e6:>17.0f} | {count:>8} |"
         )

@@ -3,7 +3,8 @@
 One admission = reserve + release, as every charged request does, for one user with
 plenty of balance, on a throwaway PostgreSQL database (127.0.0.1:5432) with the
 broker's schema. Printed: CPU (this process's utime + stime) and wall time per
-admission, sequential and with 32 concurrent admissions, both guards in the same run.
+admission, sequential and with 32 concurrent admissions, every guard in the same run: the
+shared guard with budgets (one hold row for many requests of a user) and with a row per request.
 
     .venv/bin/python bench/shared_admission.py [--n 2000]
 """
@@ -83,13 +84,17 @@ async def main(n: int) -> None:
 
         local = BalanceGuard(owed, refresh=3.0)
         shared = SharedBalanceGuard(engine, fetch, snapshot_ttl=3.0)
+        single = SharedBalanceGuard(engine, fetch, snapshot_ttl=3.0, budget_requests=0)
         await shared.start()
+        await single.start()
         print(f"{'guard':<24}{'conc':>6}{'CPU us/admission':>20}{'wall us/admission':>20}")
         for concurrency in (1, 32):
-            for label, guard in (("in-process (SQLite)", local), ("shared (PostgreSQL)", shared)):
+            guards = (("in-process (SQLite)", local), ("shared, budgets", shared), ("shared, rows", single))
+            for label, guard in guards:
                 cpu, wall = await _measure(guard, n, concurrency)
                 print(f"{label:<24}{concurrency:>6}{cpu:>20.0f}{wall:>20.0f}")
         await shared.stop()
+        await single.stop()
     finally:
         await engine.dispose()
         admin = await asyncpg.connect(PG)
