@@ -9,6 +9,7 @@ import json
 import time
 
 import aiohttp
+import redis.asyncio as aioredis
 
 from tests.integration.broker.conftest import FundedUser, StartBroker, make_token
 from tests.integration.broker.test_broker_limits import chat
@@ -28,6 +29,23 @@ async def _served_again(s: aiohttp.ClientSession, url: str, token: str) -> int:
         await asyncio.sleep(0.2)
 
 
+async def _slots_held(redis_url: str, count: int) -> None:
+    """Wait until ``count`` per-user concurrency slots are held in Redis: the requests were
+    admitted (a loaded machine may take a while to get there)."""
+    client = aioredis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            keys = [k async for k in client.scan_iter(match="*conc:u:*")]
+            held = sum([await client.zcard(k) for k in keys])
+            if held >= count:
+                return
+            assert time.monotonic() < deadline, f"only {held} of {count} slots held"
+            await asyncio.sleep(0.05)
+    finally:
+        await client.aclose()
+
+
 async def test_redis_killed_and_restarted_under_load(
     start_broker: StartBroker, funded_user: FundedUser
 ) -> None:
@@ -43,11 +61,11 @@ async def test_redis_killed_and_restarted_under_load(
             token = make_token(
                 (await funded_user(broker.provider.address)).private_key, broker.provider.address
             )
-            slow = {"chunks": 8, "chunk_delay_ms": 150}
+            slow = {"chunks": 20, "chunk_delay_ms": 150}  # 3 s: still under way when Redis dies
             in_flight = [
-                asyncio.create_task(chat(s, broker.url, token, fake=slow, stream=i == 0)) for i in range(2)
+                asyncio.create_task(chat(s, broker.url, token, fake=slow, stream=True)) for _ in range(2)
             ]
-            await asyncio.sleep(0.4)
+            await _slots_held(redis.url, 2)
             await redis.kill()
 
             status, _, body = await chat(s, broker.url, token)
@@ -62,9 +80,9 @@ async def test_redis_killed_and_restarted_under_load(
             assert await _served_again(s, broker.url, token) == 200
             # And limited again: two slow answers hold both slots, a third is refused.
             held = [
-                asyncio.create_task(chat(s, broker.url, token, fake={"delay_ms": 1200})) for _ in range(2)
+                asyncio.create_task(chat(s, broker.url, token, fake={"delay_ms": 3000})) for _ in range(2)
             ]
-            await asyncio.sleep(0.5)
+            await _slots_held(redis.url, 2)
             status, headers, body = await chat(s, broker.url, token)
             assert status == 429, (body, [r[0] for r in await asyncio.gather(*held)])
             assert headers["Retry-After"]

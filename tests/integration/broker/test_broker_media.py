@@ -460,8 +460,15 @@ async def test_an_upload_under_way_holds_the_users_slot(
         writer.write(head.encode() + f"--{BOUNDARY}\r\n".encode())  # ... and then nothing more
         await writer.drain()
         try:
-            await asyncio.sleep(0.5)
             c = Client(s, broker, auth)
+            # Wait until the stalled upload holds the slot: a request whose body is no audio is
+            # refused with 429 then (admission comes first), with 400 before; neither is billed.
+            for _ in range(100):
+                probe, _, _ = await c.post("/audio/transcriptions", b"not a form")
+                if probe == 429:
+                    break
+                assert probe == 400
+                await asyncio.sleep(0.1)
             body = raw_form({"model": "ears"}, {"file": ("a.wav", wav(16_000), "audio/wav")})
             status, headers, data = await c.post("/audio/transcriptions", body)
             assert status == 429, data

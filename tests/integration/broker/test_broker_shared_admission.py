@@ -98,6 +98,14 @@ async def test_a_dead_replicas_holds_lapse(
         assert await a.core.guard.reserve(user.address, account, OG // 2)
 
 
+async def _all_given_back(broker: Any, user: str) -> None:
+    """Wait (a loaded machine may be slow) until no hold of ``user`` is left in the database."""
+    deadline = asyncio.get_running_loop().time() + 10
+    while rows := await _rows(broker, user):
+        assert asyncio.get_running_loop().time() < deadline, rows
+        await asyncio.sleep(0.05)
+
+
 async def _rows(broker: Any, user: str) -> list[tuple[str, int]]:
     async with broker.core.db.connect() as conn:
         q = text('SELECT holder, amount FROM broker_reservations WHERE "user" = :u')
@@ -123,8 +131,8 @@ async def test_a_burst_of_one_user_shares_one_budget_and_gives_it_back(
         first.release()
         for hold in burst:
             hold.charge(amount)
-        await asyncio.sleep(shared_admission.BUDGET_IDLE + 0.3)
-        assert await _rows(a, user.address) == []  # every budget given back once idle
+        await asyncio.sleep(shared_admission.BUDGET_IDLE)
+        await _all_given_back(a, user.address)  # every budget given back once idle
 
 
 async def test_budgets_never_let_two_replicas_hold_more_than_the_balance(
@@ -153,5 +161,4 @@ async def test_budgets_never_let_two_replicas_hold_more_than_the_balance(
         assert sum(x for _, x in rows) <= OG
         for hold in held:
             hold.release()
-        await asyncio.sleep(shared_admission.BUDGET_IDLE + 0.5)
-        assert await _rows(a, user.address) == []
+        await _all_given_back(a, user.address)
