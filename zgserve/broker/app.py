@@ -371,6 +371,7 @@ def _limiter(settings: BrokerSettings, provider: str) -> Limiter | None:
         or s.max_per_user_concurrent
         or s.per_user_rpm
         or s.per_user_tpm
+        or s.per_user_images_per_minute
         or s.per_ip_proxy_rps
         or s.per_ip_other_rps
         or s.whitelist

@@ -201,6 +201,9 @@ class LimitsSettings(_Section):
     per_user_tpm_burst: int = Field(
         default=0, ge=0, alias="perUserTPMBurst", description="0: a sixth of perUserTPM"
     )
+    per_user_images_per_minute: int = Field(
+        default=0, ge=0, alias="perUserImagesPerMinute", description="images asked for per minute (0: off)"
+    )
     # Off by default: keyed on the socket peer, so behind a load balancer one limit would
     # cover every user (there, limit per IP in the balancer). Suggested: 15 and 10.
     per_ip_proxy_rps: float = Field(default=0, ge=0, description="requests/s per IP on /v1/proxy")

@@ -484,3 +484,32 @@ async def test_an_upload_under_way_holds_the_users_slot(
             await asyncio.sleep(0.1)
         assert status == 200, data
         assert len(await c.records(user.address)) == 1
+
+
+async def test_images_per_minute_stand_in(
+    stack: MediaStack, start_broker: StartBroker, funded_user: FundedUser
+) -> None:
+    limits = {
+        "maxGlobalConcurrent": 0,
+        "maxPerUserConcurrent": 0,
+        "perUserRPM": 0,
+        "perUserImagesPerMinute": 3,
+    }
+    async with start_broker(models=stack.models(), limits=limits) as broker, aiohttp.ClientSession() as s:
+        user = await funded_user(broker.provider.address)
+        c = Client(s, broker, make_token(user.private_key, broker.provider.address))
+        async with s.get(broker.url + "/v1/models") as r:
+            listed = (await r.json())["data"]
+        assert all(m["rate_limits"]["images_per_minute"] == 3 for m in listed)
+        status, headers, data = await c.post(
+            "/images/generations", {"model": "painter", "prompt": "x", "n": 2}
+        )
+        assert status == 200, data
+        assert headers["x-ratelimit-remaining-images"] == "1"
+        status, headers, data = await c.post(
+            "/images/generations", {"model": "painter", "prompt": "y", "n": 2}
+        )
+        assert status == 429, data
+        assert json.loads(data)["error"]["code"] == "rate_limited"
+        assert int(headers["Retry-After"]) >= 1
+        assert len(await c.records(user.address)) == 1  # the refused one reached no backend, no bill

@@ -94,3 +94,15 @@ async def test_no_limits_no_store_call(make: Any) -> None:
     admission = await limiter.admit("0xa")
     assert admission.headers == []
     await admission.release()
+
+
+async def test_images_per_minute(make: Any) -> None:
+    limiter = await make(perUserRPM=0, maxPerUserConcurrent=0, perUserImagesPerMinute=6, whitelist=[WHITE])
+    assert limiter.model_limits() == {"images_per_minute": 6}
+    headers = dict(await limiter.take_images("0xa", 4))
+    assert headers[b"x-ratelimit-limit-images"] == b"6"
+    assert headers[b"x-ratelimit-remaining-images"] == b"2"
+    with pytest.raises(RateLimited, match=r"image rate limit exceeded: wait 20 s \(limit: 6 images/min\)"):
+        await limiter.take_images("0xa", 4)  # 2 left, 4 asked: 2 more at one every 10 s
+    assert dict(await limiter.take_images("0xb", 6))[b"x-ratelimit-remaining-images"] == b"0"
+    assert await limiter.take_images(WHITE.lower(), 100) == []  # monitoring is never limited

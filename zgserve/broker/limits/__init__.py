@@ -57,6 +57,7 @@ class Limiter:
         self._rpm, self._rpm_burst = s.per_user_rpm, max(1, s.per_user_burst)
         # The official default TPM burst: a sixth of a minute's tokens.
         self._tpm, self._tpm_burst = s.per_user_tpm, s.per_user_tpm_burst or max(1, s.per_user_tpm // 6)
+        self._ipm = s.per_user_images_per_minute
 
     def whitelisted(self, user: str) -> bool:
         return user in self.whitelist
@@ -135,6 +136,22 @@ class Limiter:
         if self._tpm and tokens > 0 and user not in self.whitelist:
             await self.store.bucket(f"tpm:{user}", self._tpm / 60, self._tpm_burst, ALWAYS, tokens)
 
+    async def take_images(self, user: str, count: int) -> Headers:
+        """The images a request asks for, against the user's images per minute (a bucket of a
+        minute's worth, refilled evenly): the ``x-ratelimit-*-images`` headers, or 429."""
+        if not self._ipm or count <= 0 or user in self.whitelist:
+            return []
+        rate = self._ipm / 60
+        state = await self.store.bucket(f"ipm:{user}", rate, self._ipm, count, count)
+        headers = _trio(b"images", self._ipm, state.tokens, self._ipm, rate)
+        if not state.allowed:
+            wait = math.ceil((count - state.tokens) / rate)
+            raise RateLimited(
+                f"image rate limit exceeded: wait {wait} s (limit: {self._ipm} images/min)",
+                headers=[(b"retry-after", str(wait).encode()), *headers],
+            )
+        return headers
+
     def model_limits(self) -> dict[str, int]:
         """``rate_limits`` of ``/v1/models``, as the official broker shows them (empty: none)."""
         out: dict[str, int] = {}
@@ -142,6 +159,8 @@ class Limiter:
             out["requests_per_minute"] = self._rpm
         if self._tpm:
             out["tokens_per_minute"] = self._tpm
+        if self._ipm:
+            out["images_per_minute"] = self._ipm
         return out
 
 

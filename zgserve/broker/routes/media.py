@@ -95,6 +95,10 @@ class MediaProxy:
             model = core.catalog.resolve(parsed.model_name)
             check_model(kind, model)
             plan = self.plan(parsed, model)
+            if limits is not None and isinstance(parsed, images.ParsedImages):
+                counted = await limits.take_images(user, parsed.request.n)
+                if counted:
+                    send = adding_headers(send, counted)
             forward_type = "application/json"
             if kind in _UPLOADS:
                 # The service reads the same boundary from the same bytes (it signs the bytes as sent).
