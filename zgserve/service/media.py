@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from zgserve.common import media, multipart
+from zgserve.common.body import ClientGone, header, read_body
 from zgserve.common.errors import UpstreamError
 from zgserve.common.headers import UPSTREAM_MODEL
 from zgserve.common.signing import signed_text
 from zgserve.service.outbound import RequestLimits, dumps
-from zgserve.service.reading import ClientGone, header, read_body
 from zgserve.service.upstream import backend_error
 
 if TYPE_CHECKING:

@@ -20,6 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from zgserve.common.body import ClientGone
+from zgserve.common.body import header as _header
+from zgserve.common.body import read_body as _read_body
 from zgserve.common.errors import BadRequest, NotFound, ZgError, error_body
 from zgserve.common.headers import OUTPUT_LIMIT, PROMPT_TOKENS, UPSTREAM_MODEL
 from zgserve.common.paths import RouteNotFound, canonical_path
@@ -30,9 +33,6 @@ from zgserve.service.outbound import RequestLimits, prepare
 from zgserve.service.params import Kind, ParamPolicy
 from zgserve.service.protocol import Health, SignatureRecord
 from zgserve.service.proxy import RESPONSE_ID, Answer, ProxiedStream, SigningProxy
-from zgserve.service.reading import ClientGone
-from zgserve.service.reading import header as _header
-from zgserve.service.reading import read_body as _read_body
 from zgserve.service.reports import ReportService
 from zgserve.service.store import SignatureStore
 from zgserve.service.upstream import Upstream, backend_error

@@ -52,6 +52,23 @@ def example_config(devnet: Devnet, provider_key: str, broker_port: int, service_
     return config
 
 
+async def chat_with(
+    settings: Any, port: int, devnet: Devnet, provider: Any, funded_user: FundedUser, model: str
+) -> Any:
+    """Run a broker with ``settings`` on ``port``, acknowledged by the owner, and have a funded
+    user chat with ``model`` through it with the ``openai`` client; the completion."""
+    async with serve(create_app(settings), port) as url:
+        owner = devnet.chain.inference(devnet.owner_wallet())
+        await owner.acknowledge_tee_signer_by_owner(provider.address)
+        user = await funded_user(provider.address)
+        token = make_token(user.private_key, provider.address).removeprefix("Bearer ")
+        async with openai.AsyncOpenAI(base_url=url + "/v1/proxy", api_key=token, max_retries=0) as client:
+            chat = await client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "say hello"}], max_tokens=8
+            )
+        return chat
+
+
 def test_target_url_with_or_without_v1_means_the_same_service() -> None:
     base = {"servingUrl": "http://127.0.0.1:1", "model": "m", "inputPrice": 1, "outputPrice": 1}
     for written in ("http://svc:8000", "http://svc:8000/", "http://svc:8000/v1", "http://svc:8000/v1/"):
@@ -80,15 +97,7 @@ async def test_example_config_as_shipped_serves_a_chat(
     settings = load_settings(config_file)
     assert not urlsplit(yaml.safe_load(config_file.read_text())["targetUrl"]).path.rstrip("/")
 
-    async with serve(create_app(settings), port) as url:
-        owner = devnet.chain.inference(devnet.owner_wallet())
-        await owner.acknowledge_tee_signer_by_owner(provider.address)
-        user = await funded_user(provider.address)
-        token = make_token(user.private_key, provider.address).removeprefix("Bearer ")
-        async with openai.AsyncOpenAI(base_url=url + "/v1/proxy", api_key=token, max_retries=0) as client:
-            chat = await client.chat.completions.create(
-                model=settings.model, messages=[{"role": "user", "content": "say hello"}], max_tokens=8
-            )
-        assert chat.choices[0].message.content
-        assert chat.usage is not None
-        assert chat.usage.completion_tokens > 0
+    chat = await chat_with(settings, port, devnet, provider, funded_user, settings.model)
+    assert chat.choices[0].message.content
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens > 0

@@ -13,13 +13,11 @@ import logging
 import os
 from pathlib import Path
 
-import openai
 import pytest
 import yaml
 
-from tests.asgi import serve
-from tests.integration.broker.conftest import INPUT_PRICE, OUTPUT_PRICE, FundedUser, make_token
-from zgserve.broker.app import create_app
+from tests.integration.broker.conftest import INPUT_PRICE, OUTPUT_PRICE, FundedUser
+from tests.integration.broker.test_broker_config import chat_with
 from zgserve.broker.settings import load_settings
 from zgserve.common.net import free_port
 from zgserve.devnet.network import Devnet
@@ -92,15 +90,7 @@ async def test_official_format_file_starts_the_broker_and_serves_a_chat(
     assert settings.network.inference_address == deployment.contracts.inference
     assert settings.settlement.interval_seconds == 600
 
-    async with serve(create_app(settings), port) as url:
-        owner = devnet.chain.inference(devnet.owner_wallet())
-        await owner.acknowledge_tee_signer_by_owner(provider.address)
-        user = await funded_user(provider.address)
-        token = make_token(user.private_key, provider.address).removeprefix("Bearer ")
-        async with openai.AsyncOpenAI(base_url=url + "/v1/proxy", api_key=token, max_retries=0) as client:
-            chat = await client.chat.completions.create(
-                model="fake-model", messages=[{"role": "user", "content": "say hello"}], max_tokens=8
-            )
-        assert chat.choices[0].message.content
-        assert chat.usage is not None
-        assert chat.usage.completion_tokens > 0
+    chat = await chat_with(settings, port, devnet, provider, funded_user, "fake-model")
+    assert chat.choices[0].message.content
+    assert chat.usage is not None
+    assert chat.usage.completion_tokens > 0

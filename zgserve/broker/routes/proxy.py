@@ -42,7 +42,8 @@ from zgserve.broker.routes.table import PREFIX, Billing, Resolved, resolve
 from zgserve.broker.shared_admission import SharedReservation
 from zgserve.common import headers as zg_headers
 from zgserve.common import jsonsafe
-from zgserve.common.errors import PayloadTooLarge, UpstreamError, UpstreamUnavailable, ZgError
+from zgserve.common.body import ClientGone, read_body
+from zgserve.common.errors import UpstreamError, UpstreamUnavailable, ZgError
 from zgserve.common.http1 import ConnectionBroken, Response, UpstreamTimeout
 from zgserve.common.output_cap import output_cap
 
@@ -94,10 +95,6 @@ async def send_error(send: Any, exc: ZgError, *, extra: list[tuple[bytes, bytes]
     await send({"type": "http.response.body", "body": body})
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
-
-
 class ProxyApp(AnswerRelay):
     """The ASGI app serving everything under ``/v1/proxy``."""
 
@@ -144,25 +141,7 @@ class ProxyApp(AnswerRelay):
 
     async def _read_body(self, scope: dict[str, Any], receive: Any, limit: int | None = None) -> bytes:
         """The whole body, up to ``limit`` bytes (default ``server.maxBodyBytes``), else 413."""
-        limit = limit or self._max_body
-        for name, value in scope["headers"]:
-            # Only plain ASCII digits are a length; anything else is left to the byte count below.
-            length = zg_headers.parse_count(value) if name == b"content-length" else None
-            if length is not None and length > limit:
-                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body over the limit of {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return await read_body(scope, receive, limit or self._max_body)
 
     def _upstream_headers(self, headers: dict[str, str]) -> dict[str, str]:
         out = {k: v for k, v in headers.items() if k not in _DROP_REQUEST}

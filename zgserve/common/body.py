@@ -1,4 +1,5 @@
-"""Reading a request within its size bound, for the raw ASGI endpoints of the service."""
+"""Reading a request body within its size bound, for the raw ASGI endpoints of the broker and the
+service: one reader, so both refuse the same bodies the same way."""
 
 from __future__ import annotations
 
