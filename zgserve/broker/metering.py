@@ -120,3 +120,9 @@ class StreamMeter:
                 content += 1
         self.content_events += content
         return content
+
+    def partial_content(self) -> bool:
+        """Whether the bytes of an event not yet complete already carry generated text: once
+        they have left, the client has that text even if the stream ends before the event does."""
+        pending = self._parser.pending()
+        return bool(pending) and _CONTENT.search(pending) is not None

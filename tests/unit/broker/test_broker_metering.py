@@ -61,3 +61,17 @@ def test_fast_path_agrees_with_json() -> None:
         meter = StreamMeter()
         body = b"".join(b"data: " + json.dumps(e, separators=sep).encode() + b"\n\n" for e in events)
         assert meter.feed(body) == 3
+
+
+def test_a_half_sent_event_with_text_is_known_as_delivered_text() -> None:
+    meter = StreamMeter()
+    first = b'data: {"id":"c1","choices":[{"delta":{"role":"assistant"}}]}\n\n'
+    assert meter.feed(first) == 0
+    assert not meter.partial_content()
+    # The stream is cut inside the next event: its text has left, its end has not.
+    assert meter.feed(b'data: {"id":"c1","choices":[{"delta":{"content":"Hel') == 0
+    assert meter.partial_content()
+    assert meter.feed(b'lo"}}]}\n\n') == 1  # completed later: counted once, as one event
+    assert not meter.partial_content()
+    assert meter.feed(b'data: {"id":"c1","choices":[{"delta":{') == 0
+    assert not meter.partial_content()  # no text yet

@@ -12,7 +12,6 @@ billed: the answer was produced for it.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +28,6 @@ if TYPE_CHECKING:
     from zgserve.broker.routes.proxy import ProxyApp
     from zgserve.broker.shared_admission import SharedReservation
 
-logger = logging.getLogger(__name__)
 
 FEE_HEADER = b"x-0g-fee"  # the official broker's name for the fee charged, in neuron
 _EXPOSE = (b"access-control-expose-headers", b"ZG-Res-Key, X-0G-Fee")
@@ -150,24 +148,11 @@ class MediaProxy:
         response_id: str | None,
     ) -> int | None:
         """The fee charged (None: whitelisted, never charged), recorded durably first."""
-        core = self.app.core
         if reservation is None:
-            core.metrics.charged.labels("whitelisted").inc()
+            self.app.core.metrics.charged.labels("whitelisted").inc()
             return None
-        fee = bill.fee
-        if fee > reservation.amount:
-            # Speech longer than maxAudioSeconds, or a backend counting more prompt tokens than
-            # the body has bytes: the user is never charged above what was admitted.
-            logger.warning(
-                "%s answer cost %d neuron, over its reservation of %d: charged the reservation",
-                endpoint,
-                fee,
-                reservation.amount,
-            )
-            core.metrics.upstream_errors.labels("over_reservation").inc()
-            fee = reservation.amount
         record = FeeRecord(
-            request_id=_request_id(),
+            request_id=uuid.uuid4().hex,
             user=user,
             model=model[:256],
             endpoint=endpoint,
@@ -176,18 +161,9 @@ class MediaProxy:
             output_tokens=bill.output_units,
             input_price=bill.input_price,
             output_price=bill.output_price,
-            fee=fee,
+            fee=bill.fee,
             response_id=response_id[:128] if response_id else None,
             status=bill.status,
             created_at=utcnow(),
         )
-        await core.writer.write(record, alone=self.app._in_flight == 1)
-        reservation.charge(fee)
-        core.metrics.fees.inc(fee)
-        core.metrics.unsettled.inc(fee)
-        core.metrics.charged.labels(bill.status).inc()
-        return fee
-
-
-def _request_id() -> str:
-    return uuid.uuid4().hex
+        return await self.app._commit(record, reservation)

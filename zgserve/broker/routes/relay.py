@@ -10,6 +10,7 @@ reading, and never bills a failed call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -85,18 +86,6 @@ class AnswerRelay:
         if ctx.reservation is None:
             self.core.metrics.charged.labels("whitelisted").inc()
             return
-        fee = ctx.pricing.fee(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        if fee > ctx.reservation.amount:
-            # The cap keeps output within the reservation; only an input estimate below the real
-            # prompt can get here. The user is never charged above what was admitted.
-            logger.error(
-                "request %s cost %d neuron, over its reservation of %d: charged the reservation",
-                ctx.request_id,
-                fee,
-                ctx.reservation.amount,
-            )
-            self.core.metrics.upstream_errors.labels("over_reservation").inc()
-            fee = ctx.reservation.amount
         # The prices of the tier the request fell in: fee <= tokens x these (cached tokens are
         # cheaper), which is what a user's audit of the receipts checks.
         input_price, output_price = ctx.pricing.unit_prices(usage.prompt_tokens)
@@ -110,16 +99,36 @@ class AnswerRelay:
             output_tokens=usage.completion_tokens,
             input_price=input_price,
             output_price=output_price,
-            fee=fee,
+            fee=ctx.pricing.fee(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
             response_id=response_id[:128] if response_id else None,
             status=status,
             created_at=utcnow(),
         )
+        await self._commit(record, ctx.reservation)
+
+    async def _commit(self, record: FeeRecord, reservation: Reservation | SharedReservation) -> int:
+        """Record a charged answer durably, then turn its reservation into the fee: the fee charged.
+
+        A fee is never above its reservation. The cap keeps output within it; only an input
+        estimate below the real prompt (or speech longer than its ceiling) can get there, and the
+        user is then charged what was admitted.
+        """
+        if record.fee > reservation.amount:
+            logger.error(
+                "request %s (%s) cost %d neuron, over its reservation of %d: charged the reservation",
+                record.request_id,
+                record.endpoint,
+                record.fee,
+                reservation.amount,
+            )
+            self.core.metrics.upstream_errors.labels("over_reservation").inc()
+            record = dataclasses.replace(record, fee=reservation.amount)
         await self.core.writer.write(record, alone=self._in_flight == 1)
-        ctx.reservation.charge(fee)
-        self.core.metrics.fees.inc(fee)
-        self.core.metrics.unsettled.inc(fee)
-        self.core.metrics.charged.labels(status).inc()
+        reservation.charge(record.fee)
+        self.core.metrics.fees.inc(record.fee)
+        self.core.metrics.unsettled.inc(record.fee)
+        self.core.metrics.charged.labels(record.status).inc()
+        return record.fee
 
     async def _read_all(self, upstream: Response) -> bytes:
         try:
@@ -172,13 +181,14 @@ class AnswerRelay:
         await send({"type": "http.response.start", "status": 200, "headers": out})
         watcher = asyncio.ensure_future(receive())
         delivered = 0
+        partial = 0  # 1: the delivered bytes end inside an event whose text has left already
         recorded = False
         disconnected = False
         ended = False
         try:
 
             async def deliver(chunk: bytes, content: int) -> bool:
-                nonlocal recorded, delivered, disconnected, ended
+                nonlocal recorded, delivered, partial, disconnected, ended
                 if watcher.done():
                     disconnected = True
                     return False
@@ -200,6 +210,7 @@ class AnswerRelay:
                     ended = False
                     return False
                 delivered += content
+                partial = int(meter.partial_content())
                 return True
 
             ok = True
@@ -219,7 +230,9 @@ class AnswerRelay:
             if not recorded and (disconnected or not meter.errored):
                 recorded = True
                 try:
-                    await self._finish(ctx, meter, delivered, response_id, disconnected=disconnected)
+                    # A cut stream pays for the text that reached the client, a half-sent event too.
+                    billed = delivered + partial if disconnected else delivered
+                    await self._finish(ctx, meter, billed, response_id, disconnected=disconnected)
                 except ZgError as exc:
                     if not disconnected:
                         await send({"type": "http.response.body", "body": _sse_error(exc)})
