@@ -72,14 +72,16 @@ def _int(value: Any, name: str, low: int, high: int) -> int | None:
     return value
 
 
+_DECIMAL = re.compile(r"[0-9]{1,8}(?:\.[0-9]{1,8})?")
+
+
 def _number(value: Any, name: str, low: float, high: float) -> float | None:
     if value is None:
         return None
     if isinstance(value, str):
-        try:
-            value = float(value) if len(value) <= 16 else math.nan
-        except ValueError:
-            value = math.nan
+        # Plain decimals only: float() also reads spaces, exponents and other scripts' digits
+        # ("١٫٥"), which a backend may read otherwise.
+        value = float(value) if len(value) <= 16 and _DECIMAL.fullmatch(value) else math.nan
     if not isinstance(value, int | float) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidParameter(f"'{name}' must be a number from {low:g} to {high:g}", param=name)
     return float(value)
