@@ -107,6 +107,7 @@ _EMBEDDING_FIELDS = frozenset({"input", "model", "encoding_format", "dimensions"
 class EmbeddingsRequest:
     payload: dict[str, Any]
     chars: int  # the text's length in characters (token arrays: their token count)
+    token_lists: bool = False  # some input is a list of token ids, not text
 
 
 def embeddings_request(body: bytes) -> EmbeddingsRequest:
@@ -120,19 +121,21 @@ def embeddings_request(body: bytes) -> EmbeddingsRequest:
     if len(items) > MAX_EMBEDDING_INPUTS:
         raise InvalidParameter(f"'input' has over {MAX_EMBEDDING_INPUTS} items", param="input")
     chars = 0
+    token_lists = False
     for item in items:
         tokens = isinstance(item, list) and all(
             isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 1 << 31 for t in item
         )
         if (isinstance(item, str) or tokens) and item:
             chars += len(item)
+            token_lists = token_lists or tokens
         else:
             raise InvalidParameter("'input' items must be non-empty strings or token lists", param="input")
     _text(payload.get("model"), "model", 256)
     _word(payload.get("encoding_format"), "encoding_format", ("float", "base64"))
     _int(payload.get("dimensions"), "dimensions", 1, 65_536)
     _text(payload.get("user"), "user", 256)
-    return EmbeddingsRequest(payload, chars)
+    return EmbeddingsRequest(payload, chars, token_lists)
 
 
 # ---- images -----------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ def create_app(settings: ServiceSettings, deps: ServiceDeps | None = None) -> Co
             max_output_tokens=settings.max_output_tokens,
             max_choices=settings.max_choices,
             default_model=settings.llama.model_alias if settings.target_url is None else None,
+            embedding_token_inputs=settings.embedding_token_inputs,
         ),
         retention_s=settings.signature_retention_s,
     )

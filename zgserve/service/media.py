@@ -71,7 +71,12 @@ def prepare_media(
 ) -> tuple[str, bytes]:
     """``(content type, body)`` to send upstream; 400 for a request the service does not take."""
     if kind == "embeddings":
-        fields = dict(media.embeddings_request(body).payload)
+        request = media.embeddings_request(body)
+        if request.token_lists and not limits.embedding_token_inputs:
+            raise media.UnsupportedParameter(
+                "this provider embeds text only: 'input' as token-id lists is not served", param="input"
+            )
+        fields = dict(request.payload)
     elif kind == "images":
         fields = dict(media.image_request(body, max_images=limits.max_choices).fields)
     elif kind == "speech":

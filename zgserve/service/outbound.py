@@ -31,6 +31,8 @@ class RequestLimits:
     # Sent when a request names no model: llama.cpp would otherwise answer with the model's
     # file path, an internal detail, in every answer.
     default_model: str | None = None
+    # Embeddings of token-id lists (OpenAI and vLLM take them; llama.cpp answers them with a 500).
+    embedding_token_inputs: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -87,6 +87,9 @@ class ServiceSettings(BaseSettings):
         False,
         description="forward response_format json_schema and forced tool_choice (compiled into grammars)",
     )
+    embedding_token_inputs: bool = Field(
+        False, description="forward embeddings of token-id lists (vLLM, OpenAI); llama.cpp fails on them"
+    )
     prompt_count_timeout_s: float = Field(
         10.0, gt=0, description="longest wait for the backend's tokenizer to count a prompt"
     )

@@ -99,3 +99,16 @@ async def test_bad_requests_never_reach_the_backend(
     status, _, data = await post(service, path, body, content_type)
     assert status == 400, data
     assert backend.requests == []
+
+
+async def test_token_list_embeddings_are_refused_unless_the_backend_takes_them(
+    start_service: StartService,
+) -> None:
+    """llama.cpp answers embeddings of token-id lists with a 500: refused by default (400)."""
+    async with MediaBackend() as backend:
+        service = await start_service(target_url=backend.url, allowed_params=[])
+        body = json.dumps({"model": "m", "input": [[1, 2, 3], [4, 5]]}).encode()
+        status, _, data = await post(service, "/embeddings", body, "application/json")
+        assert status == 400, data
+        assert json.loads(data)["error"]["code"] == "unsupported_parameter"
+        assert not [r for r in backend.requests if r[0].endswith("/embeddings")]  # nothing forwarded

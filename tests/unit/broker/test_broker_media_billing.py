@@ -163,3 +163,15 @@ async def test_a_wav_cannot_hide_audio_past_its_declared_data() -> None:
     short = await audio.measure(_riff((b"data", second), declared={0: len(second) * 60}))
     assert short is not None
     assert short.frames == 16_000
+
+
+def test_a_size_the_model_does_not_price_is_refused() -> None:
+    priced = CatalogModel("m", Pricing.flat(0, 10), size_multipliers={"1024x1024": Fraction(4)})
+    parse = lambda size: images.parse(  # noqa: E731
+        json.dumps({"prompt": "p", "size": size}).encode(), None, edit=False, max_images=4
+    )
+    assert images.plan(parse("1024x1024"), priced).reserve == 40
+    with pytest.raises(images.UnpricedSize, match="1024x1024"):
+        images.plan(parse("99999x99999"), priced)
+    # A model that prices no size takes any, at its flat price.
+    assert images.plan(parse("99999x99999"), CatalogModel("m", Pricing.flat(0, 10))).reserve == 10

@@ -18,7 +18,7 @@ from typing import Any
 from zgserve.broker.catalog import CatalogModel
 from zgserve.broker.media import Bill
 from zgserve.common import media
-from zgserve.common.errors import UpstreamError
+from zgserve.common.errors import BadRequest, UpstreamError
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +57,18 @@ class ImagePlan:
         return Bill(units * self.price, output_units=units, output_price=self.price)
 
 
+class UnpricedSize(BadRequest):
+    code = "unsupported_size"
+
+
 def plan(parsed: ParsedImages, model: CatalogModel) -> ImagePlan:
     request = parsed.request
+    size = request.size.strip().lower() if request.size is not None else None
+    if size is not None and model.size_multipliers and size not in model.size_multipliers:
+        # A provider that prices sizes sells those: another one could cost its backend far more
+        # than the flat price (an unpriced size is billed at 1 only where no size is priced).
+        sizes = ", ".join(sorted(model.size_multipliers))
+        raise UnpricedSize(f"'size' must be one of {sizes} for this model", param="size")
     return ImagePlan(request.n, model.size_multiplier(request.size), model.pricing.output_price)
 
 
